@@ -1,0 +1,395 @@
+"""The run configuration: one TOML file, validated up front.
+
+The dataclasses below are the schema *and* the defaults: every key a user may
+write is a field here, so an unknown key, a wrong type or a bad value is
+reported before any data is read, with the closest valid name suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import HepdaskError
+
+__all__ = [
+    "ClusterConfig",
+    "Config",
+    "DataConfig",
+    "EvaluateConfig",
+    "FeaturesConfig",
+    "PrepareConfig",
+    "SampleConfig",
+    "SplitConfig",
+    "TrainConfig",
+    "XGBoostConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+NORMALIZATIONS = ("standard", "minmax", "none")
+ENGINES = ("xgboost",)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """One physics sample: files of one tree, all sharing one class label."""
+
+    name: str
+    files: tuple[str, ...]
+    label: int
+    tree: str | None = None  # defaults to [data] tree
+    weight: str | None = None  # per-event weight branch; 1 when absent
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            raise HepdaskError(
+                f"Config key samples.{self.name}.files is empty: list at least one ROOT file, "
+                "glob (e.g. 'data/*.root') or text file of paths ending in .txt."
+            )
+        if self.label < 0:
+            raise HepdaskError(
+                f"Config key samples.{self.name}.label is {self.label}: labels are class "
+                "numbers 0, 1, ... (0 = background and 1 = signal for a binary classifier)."
+            )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    tree: str = "events"
+    step_size: int = 100_000  # entries per partition
+    sentinel: float | None = None  # value meaning "undefined" (HiggsML: -999.0)
+
+    def __post_init__(self) -> None:
+        if self.step_size <= 0:
+            raise HepdaskError(
+                f"Config key data.step_size is {self.step_size}: it is the number of entries "
+                "per partition and must be positive (100000 is a good start)."
+            )
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Create a known data set before the run when its files are missing."""
+
+    dataset: str | None = None  # "higgs": the HiggsML challenge data
+    directory: str = "data/higgs"
+    csv: str | None = None  # the official challenge CSV, if you have it
+    download: bool = True
+    synthetic_events: int = 250_000
+    seed: int = 0
+    events_per_file: int = 250_000
+
+    def __post_init__(self) -> None:
+        if self.dataset not in (None, "higgs"):
+            raise HepdaskError(
+                f"Config key prepare.dataset is {self.dataset!r}: the only data set hepdask "
+                "can prepare is 'higgs'; remove the [prepare] table for your own files."
+            )
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    branches: tuple[str, ...] = ("*",)  # names or globs
+    exclude: tuple[str, ...] = ()
+    pad: int | str = "max"  # slots per jagged branch: an int or "max" (from the specs)
+    normalize: str = "standard"
+
+    def __post_init__(self) -> None:
+        _check_choice("features.normalize", self.normalize, NORMALIZATIONS)
+        if (isinstance(self.pad, str) and self.pad != "max") or (isinstance(self.pad, int) and self.pad < 1):
+            raise HepdaskError(
+                f"Config key features.pad is {self.pad!r}: give the number of slots kept per "
+                "jagged branch (e.g. 4) or \"max\" for the largest multiplicity in the data."
+            )
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float = 0.6
+    validation: float = 0.2
+    test: float = 0.2
+    seed: int = 2014
+
+    def __post_init__(self) -> None:
+        fractions = (self.train, self.validation, self.test)
+        if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9 or self.train == 0 or self.test == 0:
+            raise HepdaskError(
+                f"Config keys split.train/validation/test are {fractions}: they are fractions "
+                "of the events, must be non-negative, sum to 1, and train and test must be > 0."
+            )
+
+
+@dataclass(frozen=True)
+class XGBoostConfig:
+    num_boost_round: int = 200
+    early_stopping_rounds: int | None = 20
+    scale_pos_weight: float | str = "auto"  # "auto": background/signal weight ratio
+    use_weights: bool = True
+    params: dict[str, Any] = field(
+        default_factory=lambda: {
+            "objective": "binary:logistic",
+            "tree_method": "hist",
+            "eta": 0.1,
+            "max_depth": 6,
+            "eval_metric": ["logloss", "auc"],
+        }
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scale_pos_weight, str) and self.scale_pos_weight != "auto":
+            raise HepdaskError(
+                f"Config key train.xgboost.scale_pos_weight is {self.scale_pos_weight!r}: give a "
+                "number or \"auto\" (sum of background weights / sum of signal weights)."
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    engine: str = "xgboost"
+    xgboost: XGBoostConfig = field(default_factory=XGBoostConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("train.engine", self.engine, ENGINES)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str | None = None  # an existing scheduler, e.g. "tcp://10.0.0.1:8786"
+    n_workers: int | None = None  # local cluster: one per core when unset
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    dashboard_address: str = "127.0.0.1:8787"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    ams_breg: float = 10.0
+    top_fraction: float = 0.15  # AMS at the threshold keeping this fraction of events
+    bins: int = 50
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run. Build it with :func:`load_config`."""
+
+    samples: tuple[SampleConfig, ...]
+    name: str = "run"
+    output: str = "runs"  # the run directory is <output>/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    source: str | None = None  # the file this was read from
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            raise HepdaskError(
+                "The config has no [[samples]]: add at least one table with name, files and "
+                "label (see configs/higgs.toml)."
+            )
+        names = [s.name for s in self.samples]
+        if len(set(names)) != len(names):
+            raise HepdaskError(f"Sample names must be unique; the config has {names}.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for writing back as TOML or JSON (``None`` values dropped)."""
+        return _drop_none(dataclasses.asdict(self))
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read, override and validate a run configuration.
+
+    Parameters
+    ----------
+    path
+        The TOML file.
+    overrides
+        ``"key.sub=value"`` strings (as given to ``--set``); the value is read
+        as TOML, or as a plain string when it is not valid TOML.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise HepdaskError(f"The config file {path} does not exist: check the path.") from None
+    except tomllib.TOMLDecodeError as err:
+        raise HepdaskError(f"The config file {path} is not valid TOML: {err}.") from None
+    raw = apply_overrides(raw, overrides)
+    raw.setdefault("source", str(path))
+    return from_dict(raw)
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate a plain mapping (as parsed from TOML) into a :class:`Config`."""
+    return _build(Config, raw, "")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set ``key.sub=value`` entries in a parsed config; list items by index (``samples.0.files``)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise HepdaskError(
+                f"The override {item!r} is not of the form key.sub=value (e.g. "
+                "--set train.xgboost.num_boost_round=50)."
+            )
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        *parents, leaf = key.strip().split(".")
+        node: Any = raw
+        for part in parents:
+            if isinstance(node, list):
+                node = node[_list_index(node, part, key)]
+            else:
+                node = node.setdefault(part, {})
+        if isinstance(node, list):
+            node[_list_index(node, leaf, key)] = value
+        else:
+            node[leaf] = value
+    return raw
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise HepdaskError(
+            f"The override key {key!r} indexes a list with {part!r}: use a number from 0 to "
+            f"{len(node) - 1}, e.g. samples.0.files."
+        )
+    return int(part)
+
+
+def _build(cls: type, table: Any, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``table``, checking names and types recursively."""
+    if not isinstance(table, Mapping):
+        raise HepdaskError(
+            f"Config key {where or 'top level'} must be a table, not {_kind(table)}."
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise HepdaskError(_unknown_key(key, where, fields))
+        kwargs[key] = _convert(hints[key], value, _join(where, key))
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise HepdaskError(
+            f"Config table {where or 'top level'} lacks the required key(s) "
+            f"{', '.join(repr(m) for m in missing)}."
+        )
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, where)
+            except HepdaskError:
+                continue
+        wanted = " or ".join(_hint_name(o) for o in options if o is not type(None))
+        raise HepdaskError(f"Config key {where} must be {wanted}, not {_kind(value)} {value!r}.")
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        if item is SampleConfig:
+            if not isinstance(value, list):
+                raise HepdaskError(
+                    "Config key samples must be an array of tables: write each sample as "
+                    "[[samples]] with name, files and label."
+                )
+            return tuple(
+                _build(SampleConfig, v, f"samples.{v.get('name', i) if isinstance(v, Mapping) else i}")
+                for i, v in enumerate(value)
+            )
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise HepdaskError(
+                f"Config key {where} must be a string or a list of strings, not {_kind(value)}."
+            )
+        return tuple(values)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise HepdaskError(f"Config key {where} must be a table, not {_kind(value)}.")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise HepdaskError(
+            f"Config key {where} must be {_hint_name(hint)}, not {_kind(value)} {value!r}."
+        )
+    return value
+
+
+def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise HepdaskError(
+            f"Config key {key} is {value!r}; it must be one of {', '.join(map(repr, choices))}.{hint}"
+        )
+
+
+def _unknown_key(key: str, where: str, fields: Mapping[str, Any]) -> str:
+    valid = [name for name in fields if name != "source"]
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean {_join(where, close[0])!r}?" if close else ""
+    return (
+        f"Unknown config key {_join(where, key)!r}.{hint} Valid keys in "
+        f"{where or 'the top level'}: {', '.join(valid)}."
+    )
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _hint_name(hint: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_drop_none(v) for v in value]
+    return value

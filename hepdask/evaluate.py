@@ -1,0 +1,178 @@
+"""Test-split metrics and plots: ROC AUC, the HiggsML AMS, score and ROC curves, importances.
+
+Everything here works on NumPy arrays of the test split (scores, labels,
+weights: a few bytes per event), whichever engine produced the scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from .outputs import atomic_path
+
+__all__ = ["ams", "ams_curve", "ams_scan", "evaluate_scores", "plot_all", "summary"]
+
+
+def ams(s: np.ndarray | float, b: np.ndarray | float, b_reg: float = 10.0) -> np.ndarray:
+    """Approximate median significance of the HiggsML challenge (vectorised over cuts)."""
+    s = np.asarray(s, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64) + b_reg
+    return np.sqrt(np.maximum(2.0 * ((s + b) * np.log1p(s / b) - s), 0.0))
+
+
+def ams_scan(scores: np.ndarray, y: np.ndarray, w: np.ndarray, b_reg: float = 10.0):
+    """AMS when keeping the k highest-scoring events, for every k: (sorted scores, AMS per k)."""
+    order = np.argsort(-scores, kind="stable")
+    sw = np.where(y[order] == 1, w[order], 0.0).astype(np.float64)
+    bw = np.where(y[order] == 0, w[order], 0.0).astype(np.float64)
+    return scores[order], ams(np.cumsum(sw), np.cumsum(bw), b_reg)
+
+
+def ams_curve(scores: np.ndarray, y: np.ndarray, w: np.ndarray, class_totals: Mapping[int, float],
+              b_reg: float = 10.0):
+    """:func:`ams_scan` with the test weights of each class scaled to ``class_totals``."""
+    norm = np.asarray(w, dtype=np.float64).copy()
+    for label in (0, 1):
+        in_class = y == label
+        norm[in_class] *= class_totals[label] / norm[in_class].sum()
+    return ams_scan(scores, y, norm, b_reg)
+
+
+def evaluate_scores(scores: np.ndarray, y: np.ndarray, w: np.ndarray, *,
+                    class_totals: Mapping[int, float], b_reg: float = 10.0,
+                    top_fraction: float = 0.15) -> dict:
+    """Metrics of binary scores on the test split.
+
+    The AMS needs the weights of the test events scaled up to the full data
+    set's totals per class (``class_totals``, label -> sum of weights), as in
+    the challenge, where each leaderboard set was normalised to the totals.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(y).astype(np.int64)
+    w = np.asarray(w, dtype=np.float64)
+    metrics: dict = {"n_test": len(y), "n_signal": int((y == 1).sum()),
+                     "n_background": int((y == 0).sum())}
+    if metrics["n_signal"] == 0 or metrics["n_background"] == 0:
+        metrics["warning"] = "the test split holds one class only: no AUC or AMS"
+        return metrics
+    metrics["auc"] = float(roc_auc_score(y, scores))
+    metrics["auc_weighted"] = float(roc_auc_score(y, scores, sample_weight=w))
+    sorted_scores, curve = ams_curve(scores, y, w, class_totals, b_reg)
+    best = int(np.argmax(curve))
+    top = max(1, math.ceil(top_fraction * len(y))) - 1
+    metrics["ams"] = {
+        "b_reg": b_reg,
+        "best": {"value": float(curve[best]), "threshold": float(sorted_scores[best]),
+                 "selected_fraction": (best + 1) / len(y)},
+        "top_fraction": {"value": float(curve[top]), "threshold": float(sorted_scores[top]),
+                         "selected_fraction": (top + 1) / len(y)},
+    }
+    return metrics
+
+
+def plot_all(directory: str | Path, scores: np.ndarray, y: np.ndarray, w: np.ndarray,
+             metrics: Mapping, importance: Mapping[str, float] | None = None,
+             history: Mapping | None = None, *, class_totals: Mapping[int, float] | None = None,
+             bins: int = 50) -> list[Path]:
+    """Write scores.png, roc.png, ams.png, and importance.png / history.png when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    written = []
+
+    def save(fig, name):
+        path = directory / name
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    y = np.asarray(y).astype(int)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    edges = np.linspace(np.min(scores), np.max(scores), bins + 1)
+    for label, name in ((0, "background"), (1, "signal")):
+        sel = y == label
+        ax.hist(scores[sel], bins=edges, weights=w[sel], density=True, histtype="step", lw=1.5,
+                label=f"{name} (weighted)")
+    ax.set(xlabel="classifier score", ylabel="density", yscale="log", title="Test scores")
+    ax.legend()
+    save(fig, "scores.png")
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for weights, tag in ((None, "unweighted"), (w, "weighted")):
+        fpr, tpr, _ = roc_curve(y, scores, sample_weight=weights)
+        key = "auc" if weights is None else "auc_weighted"
+        ax.plot(fpr, tpr, label=f"{tag}, AUC = {metrics.get(key, float('nan')):.4f}")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="background efficiency", ylabel="signal efficiency", title="ROC (test)")
+    ax.legend(loc="lower right")
+    save(fig, "roc.png")
+
+    if "ams" in metrics and class_totals is not None:
+        _, curve = ams_curve(scores, y, w, class_totals, metrics["ams"]["b_reg"])
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(np.arange(1, len(curve) + 1) / len(curve), curve, lw=1.2)
+        for key, style, colour, label in (("best", "--", "C1", "best"),
+                                          ("top_fraction", ":", "C2", "top")):
+            point = metrics["ams"][key]
+            ax.axvline(point["selected_fraction"], ls=style, c=colour,
+                       label=f"{label} {point['selected_fraction']:.1%}: AMS = {point['value']:.3f}")
+        ax.set(xlabel="fraction of test events selected", ylabel="AMS", xlim=(0, 0.6),
+               title=f"AMS (b_reg = {metrics['ams']['b_reg']:g})")
+        ax.legend()
+        save(fig, "ams.png")
+
+    if importance:
+        top = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:20][::-1]
+        fig, ax = plt.subplots(figsize=(6, 0.3 * len(top) + 1))
+        ax.barh([k for k, _ in top], [v for _, v in top])
+        ax.set(xlabel="total gain", title="Feature importance")
+        save(fig, "importance.png")
+
+    if history:
+        metrics_seen = sorted({m for h in history.values() for m in h})
+        fig, axes = plt.subplots(1, len(metrics_seen), figsize=(5 * len(metrics_seen), 3.5),
+                                 squeeze=False)
+        for ax, metric in zip(axes[0], metrics_seen, strict=True):
+            for split, values in history.items():
+                if metric in values:
+                    ax.plot(values[metric], label=split)
+            ax.set(xlabel="iteration", ylabel=metric)
+            ax.legend()
+        save(fig, "history.png")
+    return written
+
+
+def summary(metrics: Mapping, run_dir: str | Path) -> str:
+    """The few lines printed at the end of a run."""
+    lines = [f"Run directory: {run_dir}"]
+    data = metrics.get("data", {})
+    if "source" in data:
+        lines.append(f"Data: {data.get('dataset', '')} {data['source']}".replace("  ", " "))
+    lines.append(f"Events: {metrics.get('n_train', 0)} train, {metrics.get('n_validation', 0)} "
+                 f"validation, {metrics['n_test']} test; {metrics.get('features', '?')} features")
+    if "auc" in metrics:
+        a = metrics["ams"]
+        lines += [
+            f"ROC AUC: {metrics['auc']:.4f} (weighted {metrics['auc_weighted']:.4f})",
+            f"AMS: {a['best']['value']:.3f} at the best threshold ({a['best']['selected_fraction']:.1%}"
+            f" selected), {a['top_fraction']['value']:.3f} at the top "
+            f"{a['top_fraction']['selected_fraction']:.1%}",
+        ]
+    else:
+        lines.append(metrics.get("warning", ""))
+    if metrics.get("best_iteration") is not None:
+        lines.append(f"Best iteration: {metrics['best_iteration']}")
+    timings = metrics.get("timings_s", {})
+    if timings:
+        lines.append("Time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    width = max(map(len, lines))
+    return "\n".join(["=" * width, *lines, "=" * width])

@@ -1,0 +1,221 @@
+"""The public API: a run, step by step (config → dataset → specs → features → train → evaluate).
+
+The CLI is a thin layer over :class:`Pipeline`, so a notebook can do the same::
+
+    from hepdask import Pipeline
+    from distributed import Client
+
+    client = Client()
+    pipe = Pipeline.from_config("configs/higgs.toml", client=client)
+    print(pipe.specs().table())
+    pipe.train()
+    pipe.evaluate()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from distributed import wait
+
+from . import evaluate as ev
+from .config import Config, load_config
+from .dataset import Dataset, open_dataset
+from .errors import HepdaskError
+from .features import SPLITS, Features, build_features, make_layout
+from .outputs import write_json, write_text
+from .specs import Specs, load_or_compute_specs
+from .train import XGBoostModel, train_xgboost
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger("hepdask")
+
+
+class Pipeline:
+    """One training run. Each step runs the steps before it when they have not run yet.
+
+    Parameters
+    ----------
+    config
+        The validated configuration (see :func:`hepdask.config.load_config`).
+    output
+        The run directory; ``<config.output>/<config.name>`` by default.
+    client
+        A :class:`distributed.Client`; the current default client when omitted.
+    """
+
+    def __init__(self, config: Config, *, output: str | Path | None = None, client=None):
+        self.config = config
+        self.run_dir = Path(output) if output is not None else config.run_dir
+        self.client = client
+        self.timings: dict[str, float] = {}
+        self.data_source: dict | None = None
+        self.specs_reused: bool | None = None
+        self._dataset: Dataset | None = None
+        self._specs: Specs | None = None
+        self._features: Features | None = None
+        self._model: XGBoostModel | None = None
+        self._check_labels()
+
+    @classmethod
+    def from_config(cls, path: str | Path, *, overrides: Sequence[str] = (),
+                    output: str | Path | None = None, client=None) -> Pipeline:
+        """Read ``path`` (with ``key=value`` overrides) and make a pipeline of it."""
+        return cls(load_config(path, overrides), output=output, client=client)
+
+    def prepare_data(self) -> dict | None:
+        """Create the files of a known data set (``[prepare]``) if they are missing."""
+        prepare = self.config.prepare
+        if prepare.dataset is None:
+            return None
+        from . import higgsml
+
+        with self._timed("prepare"):
+            prepared = higgsml.prepare(
+                prepare.directory, csv=prepare.csv, download=prepare.download,
+                synthetic_events=prepare.synthetic_events, seed=prepare.seed,
+                events_per_file=prepare.events_per_file,
+            )
+        self.data_source = {"dataset": prepare.dataset, "source": prepared.source,
+                            "directory": str(prepared.directory), "events": prepared.n_events}
+        return self.data_source
+
+    def dataset(self) -> Dataset:
+        """Files, trees and feature branches of every sample, checked against each other."""
+        if self._dataset is None:
+            if self.data_source is None:
+                self.prepare_data()
+            with self._timed("dataset"):
+                self._dataset = open_dataset(self.config)
+        return self._dataset
+
+    def specs(self, *, client=None, reuse: bool = True) -> Specs:
+        """Per-branch statistics, from ``specs.json`` in the run directory when still valid."""
+        if self._specs is None or not reuse:
+            dataset = self.dataset()
+            path = self.run_dir / "specs.json"
+            if not reuse and path.exists():
+                path.unlink()
+            with self._timed("specs"):
+                self._specs, self.specs_reused = load_or_compute_specs(
+                    dataset, path, client=self._client(client, required=False)
+                )
+            log.info("Specs %s: %s", "reused" if self.specs_reused else "computed", path)
+        return self._specs
+
+    def features(self, *, client=None) -> Features:
+        """Lazy float32 feature arrays of the train, validation and test splits."""
+        if self._features is None:
+            specs = self.specs(client=client)
+            layout = make_layout(self.dataset(), specs, self.config.features)
+            self._features = build_features(self.dataset(), layout, self.config.split)
+            log.info("Features: %d columns; %d train, %d validation, %d test events",
+                     layout.width, len(self._features.train), len(self._features.validation),
+                     len(self._features.test))
+        return self._features
+
+    def train(self, *, client=None) -> XGBoostModel:
+        """Fit the configured engine and save the model in the run directory."""
+        client = self._client(client)
+        features = self.features(client=client)
+        with self._timed("features"):
+            self._features = features = features.persist(client=client)
+            wait([getattr(features, s).X for s in SPLITS])
+        with self._timed("train"):
+            self._model = train_xgboost(client, features, self.config.train.xgboost)
+        self._model.save(self.run_dir)
+        write_json(self.run_dir / "features.json", features.layout.to_dict())
+        return self._model
+
+    def evaluate(self, *, client=None) -> dict:
+        """Metrics and plots on the test split; writes metrics.json (last, so it marks a complete run)."""
+        client = self._client(client)
+        model = self._model or self.train(client=client)
+        test = self.features(client=client).test
+        with self._timed("evaluate"):
+            scores, y, w = (np.asarray(a) for a in client.compute(
+                [model.predict(client, test.X), test.y, test.w], sync=True))
+            totals = self._class_totals()
+            cfg = self.config.evaluate
+            metrics = ev.evaluate_scores(scores, y, w, class_totals=totals, b_reg=cfg.ams_breg,
+                                         top_fraction=cfg.top_fraction)
+            ev.plot_all(self.run_dir, scores, y, w, metrics, model.importance(), model.history,
+                        class_totals=totals, bins=cfg.bins)
+        metrics.update({
+            "engine": self.config.train.engine,
+            "n_train": len(self.features().train),
+            "n_validation": len(self.features().validation),
+            "best_iteration": model.best_iteration,
+            "features": len(model.feature_names),
+            "data": self.data_source or {"source": "config files"},
+            "specs_reused": self.specs_reused,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        })
+        write_json(self.run_dir / "metrics.json", metrics)
+        return metrics
+
+    def run(self, *, client=None) -> dict:
+        """Every step, writing the whole run directory; returns the metrics."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with _log_to(self.run_dir / "run.log"):
+            if self.config.source:
+                write_text(self.run_dir / "config.toml", Path(self.config.source).read_text())
+            write_json(self.run_dir / "config.resolved.json", self.config.to_dict())
+            self.specs(client=client)
+            self.train(client=client)
+            return self.evaluate(client=client)
+
+    def _client(self, client, *, required: bool = True):
+        client = client or self.client
+        if client is None:
+            from distributed import default_client
+
+            try:
+                client = default_client()
+            except ValueError:
+                if required:
+                    raise HepdaskError(
+                        "This step needs a Dask cluster: pass client=... (e.g. "
+                        "distributed.Client()) or use hepdask.cluster.connect."
+                    ) from None
+        return client
+
+    def _class_totals(self) -> dict[int, float]:
+        """Sum of weights per label over all splits, from the specs."""
+        totals = {0: 0.0, 1: 0.0}
+        for sample in self.config.samples:
+            totals[sample.label] = totals.get(sample.label, 0.0) + \
+                self.specs().samples[sample.name].weight_sum
+        return totals
+
+    def _check_labels(self) -> None:
+        labels = {s.label for s in self.config.samples}
+        if labels != {0, 1}:
+            raise HepdaskError(
+                f"The samples have labels {sorted(labels)}: a binary classifier needs samples "
+                "labelled 0 (background) and 1 (signal). Set each sample's 'label' key."
+            )
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,253 @@
+"""Per-branch statistics ("specs") of all samples, computed in one distributed pass.
+
+Every partition is summarised by one task that computes, for every branch at
+once and in float64, the counts of values and of missing ones (NaN, ±inf,
+sentinel), min, max, mean and M2 (sum of squared deviations), and for jagged
+branches the multiplicity histogram. Partial summaries are merged pairwise
+in a tree with Chan et al.'s parallel formula, so the mean and std are as
+exact as a one-process NumPy computation, whatever the partitioning.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import awkward as ak
+import dask
+import numpy as np
+
+from .dataset import Branch, Dataset
+from .errors import HepdaskError
+from .outputs import write_json
+
+__all__ = ["BranchSpec", "SampleSpec", "Specs", "compute_specs", "load_or_compute_specs"]
+
+SPECS_VERSION = 1
+
+
+@dataclass
+class BranchSpec:
+    """Statistics of one branch; for a jagged branch, of its elements."""
+
+    name: str
+    jagged: bool
+    count: int = 0  # values (elements) seen, missing ones included
+    nan: int = 0
+    inf: int = 0
+    sentinel: int = 0
+    min: float = math.inf  # over the valid values
+    max: float = -math.inf
+    mean: float = 0.0
+    m2: float = 0.0  # sum of squared deviations from the mean
+    sum: float = 0.0
+    sumsq: float = 0.0
+    multiplicity: list[int] = field(default_factory=list)  # jagged: events with 0, 1, 2, ... elements
+
+    @property
+    def missing(self) -> int:
+        return self.nan + self.inf + self.sentinel
+
+    @property
+    def valid(self) -> int:
+        return self.count - self.missing
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.valid) if self.valid else 0.0
+
+    @property
+    def max_multiplicity(self) -> int:
+        return len(self.multiplicity) - 1 if self.multiplicity else 0
+
+    def merge(self, other: BranchSpec) -> BranchSpec:
+        """Combine the statistics of two disjoint sets of events."""
+        na, nb = self.valid, other.valid
+        n = na + nb
+        delta = other.mean - self.mean
+        mult = np.zeros(max(len(self.multiplicity), len(other.multiplicity)), dtype=np.int64)
+        mult[: len(self.multiplicity)] += np.asarray(self.multiplicity, dtype=np.int64)
+        mult[: len(other.multiplicity)] += np.asarray(other.multiplicity, dtype=np.int64)
+        return BranchSpec(
+            name=self.name,
+            jagged=self.jagged,
+            count=self.count + other.count,
+            nan=self.nan + other.nan,
+            inf=self.inf + other.inf,
+            sentinel=self.sentinel + other.sentinel,
+            min=min(self.min, other.min),
+            max=max(self.max, other.max),
+            mean=self.mean + delta * nb / n if n else 0.0,
+            m2=self.m2 + other.m2 + delta * delta * na * nb / n if n else 0.0,
+            sum=self.sum + other.sum,
+            sumsq=self.sumsq + other.sumsq,
+            multiplicity=mult.tolist(),
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "missing": self.missing, "valid": self.valid, "std": self.std,
+                "max_multiplicity": self.max_multiplicity}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BranchSpec:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class SampleSpec:
+    events: int = 0
+    weight_sum: float = 0.0
+
+    def merge(self, other: SampleSpec) -> SampleSpec:
+        return SampleSpec(self.events + other.events, self.weight_sum + other.weight_sum)
+
+
+@dataclass
+class Specs:
+    """Statistics of every feature branch over all samples, plus event and weight totals per sample."""
+
+    fingerprint: str
+    branches: dict[str, BranchSpec]
+    samples: dict[str, SampleSpec]
+    created: str = ""
+
+    def __getitem__(self, name: str) -> BranchSpec:
+        return self.branches[name]
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, {
+            "version": SPECS_VERSION,
+            "fingerprint": self.fingerprint,
+            "created": self.created,
+            "samples": {k: asdict(v) for k, v in self.samples.items()},
+            "branches": {k: v.to_dict() for k, v in self.branches.items()},
+        })
+
+    @classmethod
+    def load(cls, path: str | Path) -> Specs:
+        try:
+            data = json.loads(Path(path).read_text())
+            if data.get("version") != SPECS_VERSION:
+                raise ValueError(f"version {data.get('version')}, expected {SPECS_VERSION}")
+            return cls(
+                fingerprint=data["fingerprint"],
+                branches={k: BranchSpec.from_dict(v) for k, v in data["branches"].items()},
+                samples={k: SampleSpec(**v) for k, v in data["samples"].items()},
+                created=data.get("created", ""),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise HepdaskError(
+                f"Could not read the specs file {path} ({err}). Delete it to have the specs "
+                "computed again."
+            ) from None
+
+    def table(self) -> str:
+        """A fixed-width text table, one row per branch."""
+        header = (f"{'branch':<28} {'kind':<6} {'valid':>10} {'missing':>9} {'min':>11} "
+                  f"{'max':>11} {'mean':>11} {'std':>11} {'max n':>5}")
+        rows = [header, "-" * len(header)]
+        for b in self.branches.values():
+            rows.append(
+                f"{b.name[:28]:<28} {'jagged' if b.jagged else 'flat':<6} {b.valid:>10} "
+                f"{b.missing:>9} {b.min:>11.4g} {b.max:>11.4g} {b.mean:>11.4g} {b.std:>11.4g} "
+                f"{b.max_multiplicity if b.jagged else '':>5}"
+            )
+        totals = ", ".join(f"{k}: {v.events} events, weights {v.weight_sum:.6g}"
+                           for k, v in self.samples.items())
+        return "\n".join([*rows, "", f"Samples: {totals}"])
+
+
+def compute_specs(dataset: Dataset, *, client=None) -> Specs:
+    """Compute the specs of every branch of every sample in one ``dask.compute``."""
+    partials = []
+    for sample in dataset.samples:
+        for part in sample.events().to_delayed():
+            partials.append(dask.delayed(_partition_specs)(
+                part, dataset.branches, dataset.sentinel, sample.name, sample.config.weight
+            ))
+    (branches, samples), = dask.compute(_tree_merge(partials), scheduler=client)
+    for sample in dataset.samples:
+        samples.setdefault(sample.name, SampleSpec())
+    return Specs(
+        fingerprint=dataset.fingerprint(),
+        branches=branches,
+        samples=samples,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def load_or_compute_specs(dataset: Dataset, path: str | Path, *, client=None) -> tuple[Specs, bool]:
+    """Reuse ``path`` if its fingerprint matches the data, else compute and save; returns (specs, reused)."""
+    path = Path(path)
+    if path.exists():
+        cached = Specs.load(path)
+        if cached.fingerprint == dataset.fingerprint():
+            return cached, True
+    specs = compute_specs(dataset, client=client)
+    specs.save(path)
+    return specs, False
+
+
+def _partition_specs(events: ak.Array, branches: Iterable[Branch], sentinel: float | None,
+                     sample: str, weight: str | None):
+    """Summarise one partition: the map step of the specs reduction."""
+    out = {}
+    for branch in branches:
+        column = events[branch.name]
+        multiplicity = []
+        if branch.jagged:
+            multiplicity = np.bincount(ak.to_numpy(ak.num(column, axis=1))).tolist()
+            column = ak.flatten(column, axis=1)
+        out[branch.name] = _summarise(branch, ak.to_numpy(column), sentinel, multiplicity)
+    weights = (ak.to_numpy(events[weight]).astype(np.float64) if weight
+               else np.ones(len(events)))
+    return out, {sample: SampleSpec(len(events), float(weights.sum()))}
+
+
+def _summarise(branch: Branch, values: np.ndarray, sentinel: float | None,
+               multiplicity: list[int]) -> BranchSpec:
+    values = values.astype(np.float64)
+    nan = np.isnan(values)
+    inf = np.isinf(values)
+    sent = values == sentinel if sentinel is not None else np.zeros_like(nan)
+    valid = values[~(nan | inf | sent)]
+    spec = BranchSpec(branch.name, branch.jagged, count=len(values), nan=int(nan.sum()),
+                      inf=int(inf.sum()), sentinel=int(sent.sum()), multiplicity=multiplicity)
+    if len(valid):
+        mean = valid.mean()
+        spec.min, spec.max = float(valid.min()), float(valid.max())
+        spec.mean = float(mean)
+        spec.m2 = float(np.square(valid - mean).sum())
+        spec.sum, spec.sumsq = float(valid.sum()), float(np.square(valid).sum())
+    return spec
+
+
+def _merge_pair(a, b):
+    branches_a, samples_a = a
+    branches_b, samples_b = b
+    branches = {k: branches_a[k].merge(branches_b[k]) for k in branches_a}
+    samples = dict(samples_a)
+    for name, spec in samples_b.items():
+        samples[name] = samples[name].merge(spec) if name in samples else spec
+    return branches, samples
+
+
+def _tree_merge(partials: list, fan_in: int = 8):
+    """Reduce delayed partial specs in a tree, so no single task merges thousands of partitions."""
+    while len(partials) > 1:
+        partials = [
+            dask.delayed(_merge_many)(*partials[i: i + fan_in])
+            for i in range(0, len(partials), fan_in)
+        ]
+    return partials[0]
+
+
+def _merge_many(*partials):
+    result = partials[0]
+    for other in partials[1:]:
+        result = _merge_pair(result, other)
+    return result
