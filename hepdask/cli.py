@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--directory", default="data/higgs", help="where to write (default %(default)s)")
     data.add_argument("--csv", help="the official atlas-higgs-challenge-2014-v2.csv[.gz]")
     data.add_argument("--synthetic", type=int, metavar="N",
-                      help="generate N synthetic events instead of using the real data")
+                      help="generate N synthetic events when no real CSV is present "
+                           "(implies --no-download; real data already converted are kept)")
     data.add_argument("--no-download", action="store_true", help="do not try CERN Open Data")
     data.add_argument("--seed", type=int, default=0, help="seed of the synthetic generator")
     data.add_argument("--events-per-file", type=int, default=250_000)
@@ -115,7 +116,7 @@ def _data(args) -> int:
     prepared = higgsml.prepare(
         args.directory, csv=args.csv, download=not args.no_download and args.synthetic is None,
         synthetic_events=args.synthetic or 250_000, seed=args.seed,
-        events_per_file=args.events_per_file, force_synthetic=args.synthetic is not None,
+        events_per_file=args.events_per_file,
     )
     print(f"HiggsML data ({prepared.source}) in {prepared.directory}: "
           + ", ".join(f"{k} {v} events" for k, v in prepared.n_events.items()))

@@ -139,7 +139,7 @@ class XGBoostConfig:
             "tree_method": "hist",
             "eta": 0.1,
             "max_depth": 6,
-            "eval_metric": ["logloss", "auc"],
+            "eval_metric": ["logloss"],  # a distributed "auc" each round doubles training time
         }
     )
 

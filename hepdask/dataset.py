@@ -89,6 +89,10 @@ class Sample:
             )
         return uproot.dask(steps, filter_name=self.columns, open_files=False)
 
+    def partitions_delayed(self) -> list:
+        """One :class:`dask.delayed.Delayed` awkward array per :class:`Partition`, in order."""
+        return self.events().to_delayed()
+
 
 @dataclass
 class Dataset:
@@ -102,6 +106,15 @@ class Dataset:
     @property
     def n_events(self) -> int:
         return sum(s.n_events for s in self.samples)
+
+    def read(self, client) -> dict[str, list]:
+        """Read every partition into the workers' memory, for several passes over one read.
+
+        Returns the delayed partitions per sample name, backed by the workers' results; pass
+        them as ``events=`` to :func:`~hepdask.specs.compute_specs` and
+        :func:`~hepdask.features.build_features`, and drop them once the features are persisted.
+        """
+        return {s.name: client.persist(s.partitions_delayed()) for s in self.samples}
 
     def fingerprint(self) -> str:
         """A hash of everything the specs depend on: files (size, mtime), trees, branches, sentinel."""
@@ -126,6 +139,8 @@ def open_dataset(config: Config) -> Dataset:
     samples = []
     branches: list[Branch] | None = None
     notes: list[str] = []
+    # A weight is never a feature: in HiggsML it alone nearly separates the classes.
+    weights = tuple(s.weight for s in config.samples if s.weight)
     for sample_config in config.samples:
         tree = sample_config.tree or config.data.tree
         paths = expand_files(sample_config.files, where=f"samples.{sample_config.name}.files")
@@ -134,7 +149,7 @@ def open_dataset(config: Config) -> Dataset:
             with _open_tree(path, tree, sample_config.name) as ttree:
                 if branches is None:
                     branches, notes = _select_branches(ttree, config.features.branches,
-                                                       config.features.exclude, path)
+                                                       config.features.exclude + weights, path)
                 _check_branches(ttree, [b.name for b in branches], path, "features.branches")
                 if sample_config.weight:
                     _check_branches(ttree, [sample_config.weight], path,

@@ -144,14 +144,28 @@ def split_codes(partition: Partition, config: SplitConfig) -> np.ndarray:
 
 @dataclass
 class SplitArrays:
-    """Features, labels and weights of one split, chunked like the partitions."""
+    """Features, labels and weights of one split, chunked like the partitions.
 
-    X: da.Array
-    y: da.Array
-    w: da.Array
+    They are views of one float32 matrix ``[X | y | w]``, which is what gets persisted: one
+    array per partition and split on the workers rather than three.
+    """
+
+    matrix: da.Array
+
+    @property
+    def X(self) -> da.Array:
+        return self.matrix[:, :-2]
+
+    @property
+    def y(self) -> da.Array:
+        return self.matrix[:, -2]
+
+    @property
+    def w(self) -> da.Array:
+        return self.matrix[:, -1]
 
     def __len__(self) -> int:
-        return self.X.shape[0]
+        return self.matrix.shape[0]
 
 
 @dataclass
@@ -172,21 +186,26 @@ class Features:
 
     def persist(self, *, client=None) -> Features:
         """Compute the matrices into the workers' memory, all splits in one pass over the files."""
-        arrays = [a for s in SPLITS for a in (self[s].X, self[s].y, self[s].w)]
+        arrays = [self[s].matrix for s in SPLITS]
         done = client.persist(arrays) if client is not None else dask.persist(*arrays)
-        it = iter(done)
-        return Features(self.layout, *(SplitArrays(next(it), next(it), next(it)) for _ in SPLITS))
+        return Features(self.layout, *(SplitArrays(matrix) for matrix in done))
 
 
-def build_features(dataset: Dataset, layout: Layout, split: SplitConfig) -> Features:
-    """Lazy feature arrays for every split; nothing is read until they are computed."""
+def build_features(dataset: Dataset, layout: Layout, split: SplitConfig, *,
+                   events: dict[str, list] | None = None) -> Features:
+    """Lazy feature arrays for every split; nothing is read until they are computed.
+
+    ``events`` are partitions already read by :meth:`Dataset.read`; by default they are read
+    when the arrays are computed.
+    """
     width = layout.width
     blocks: dict[str, list[list[da.Array]]] = {s: [] for s in SPLITS}
     for sample in dataset.samples:
-        for partition, events in zip(sample.partitions, sample.events().to_delayed(), strict=True):
+        parts = events[sample.name] if events is not None else sample.partitions_delayed()
+        for partition, part in zip(sample.partitions, parts, strict=True):
             counts = np.bincount(split_codes(partition, split), minlength=3)
             task = dask.delayed(_partition_block, pure=True)(
-                events, layout, partition, split, sample.config.label, sample.config.weight
+                part, layout, partition, split, sample.config.label, sample.config.weight
             )
             full = da.from_delayed(task, shape=(partition.size, width + 2), dtype=np.float32)
             edges = np.concatenate([[0], np.cumsum(counts)])
@@ -194,8 +213,7 @@ def build_features(dataset: Dataset, layout: Layout, split: SplitConfig) -> Feat
                 blocks[name].append(full[edges[i]: edges[i + 1]])
     out = {}
     for name in SPLITS:
-        matrix = da.concatenate(blocks[name], axis=0)
-        out[name] = SplitArrays(matrix[:, :width], matrix[:, width], matrix[:, width + 1])
+        out[name] = SplitArrays(da.concatenate(blocks[name], axis=0))
     return Features(layout, out["train"], out["validation"], out["test"])
 
 

@@ -29,7 +29,7 @@ from .dataset import Dataset, open_dataset
 from .errors import HepdaskError
 from .features import SPLITS, Features, build_features, make_layout
 from .outputs import write_json, write_text
-from .specs import Specs, load_or_compute_specs
+from .specs import Specs, cached_specs, load_or_compute_specs
 from .train import XGBoostModel, train_xgboost
 
 __all__ = ["Pipeline"]
@@ -61,6 +61,7 @@ class Pipeline:
         self._specs: Specs | None = None
         self._features: Features | None = None
         self._model: XGBoostModel | None = None
+        self._reads: dict[str, list] | None = None  # partitions held for the specs and features
         self._check_labels()
 
     @classmethod
@@ -95,26 +96,35 @@ class Pipeline:
                 self._dataset = open_dataset(self.config)
         return self._dataset
 
-    def specs(self, *, client=None, reuse: bool = True) -> Specs:
-        """Per-branch statistics, from ``specs.json`` in the run directory when still valid."""
+    def specs(self, *, client=None, reuse: bool = True, keep_reads: bool = False) -> Specs:
+        """Per-branch statistics, from ``specs.json`` in the run directory when still valid.
+
+        With ``keep_reads`` the partitions read to compute them stay on the workers for
+        :meth:`features`: one read of the files instead of two, when the features are persisted
+        right after (as :meth:`train` does).
+        """
         if self._specs is None or not reuse:
             dataset = self.dataset()
             path = self.run_dir / "specs.json"
             if not reuse and path.exists():
                 path.unlink()
+            client = self._client(client, required=False)
             with self._timed("specs"):
+                if keep_reads and client is not None and cached_specs(dataset, path) is None:
+                    self._reads = dataset.read(client)
                 self._specs, self.specs_reused = load_or_compute_specs(
-                    dataset, path, client=self._client(client, required=False)
+                    dataset, path, client=client, events=self._reads
                 )
             log.info("Specs %s: %s", "reused" if self.specs_reused else "computed", path)
         return self._specs
 
-    def features(self, *, client=None) -> Features:
+    def features(self, *, client=None, keep_reads: bool = False) -> Features:
         """Lazy float32 feature arrays of the train, validation and test splits."""
         if self._features is None:
-            specs = self.specs(client=client)
+            specs = self.specs(client=client, keep_reads=keep_reads)
             layout = make_layout(self.dataset(), specs, self.config.features)
-            self._features = build_features(self.dataset(), layout, self.config.split)
+            self._features = build_features(self.dataset(), layout, self.config.split,
+                                            events=self._reads)
             log.info("Features: %d columns; %d train, %d validation, %d test events",
                      layout.width, len(self._features.train), len(self._features.validation),
                      len(self._features.test))
@@ -123,10 +133,11 @@ class Pipeline:
     def train(self, *, client=None) -> XGBoostModel:
         """Fit the configured engine and save the model in the run directory."""
         client = self._client(client)
-        features = self.features(client=client)
+        features = self.features(client=client, keep_reads=True)
         with self._timed("features"):
             self._features = features = features.persist(client=client)
-            wait([getattr(features, s).X for s in SPLITS])
+            wait([features[s].matrix for s in SPLITS])
+            self._reads = None  # the features hold what training needs; free the raw partitions
         with self._timed("train"):
             self._model = train_xgboost(client, features, self.config.train.xgboost)
         self._model.save(self.run_dir)

@@ -25,7 +25,8 @@ from .dataset import Branch, Dataset
 from .errors import HepdaskError
 from .outputs import write_json
 
-__all__ = ["BranchSpec", "SampleSpec", "Specs", "compute_specs", "load_or_compute_specs"]
+__all__ = ["BranchSpec", "SampleSpec", "Specs", "cached_specs", "compute_specs",
+           "load_or_compute_specs"]
 
 SPECS_VERSION = 1
 
@@ -161,11 +162,15 @@ class Specs:
         return "\n".join([*rows, "", f"Samples: {totals}"])
 
 
-def compute_specs(dataset: Dataset, *, client=None) -> Specs:
-    """Compute the specs of every branch of every sample in one ``dask.compute``."""
+def compute_specs(dataset: Dataset, *, client=None, events: dict[str, list] | None = None) -> Specs:
+    """Compute the specs of every branch of every sample in one ``dask.compute``.
+
+    ``events`` are partitions already read by :meth:`Dataset.read`; by default they are read here.
+    """
     partials = []
     for sample in dataset.samples:
-        for part in sample.events().to_delayed():
+        parts = events[sample.name] if events is not None else sample.partitions_delayed()
+        for part in parts:
             partials.append(dask.delayed(_partition_specs)(
                 part, dataset.branches, dataset.sentinel, sample.name, sample.config.weight
             ))
@@ -180,14 +185,23 @@ def compute_specs(dataset: Dataset, *, client=None) -> Specs:
     )
 
 
-def load_or_compute_specs(dataset: Dataset, path: str | Path, *, client=None) -> tuple[Specs, bool]:
-    """Reuse ``path`` if its fingerprint matches the data, else compute and save; returns (specs, reused)."""
+def cached_specs(dataset: Dataset, path: str | Path) -> Specs | None:
+    """The specs saved at ``path`` if they were computed from exactly these data, else None."""
     path = Path(path)
     if path.exists():
         cached = Specs.load(path)
         if cached.fingerprint == dataset.fingerprint():
-            return cached, True
-    specs = compute_specs(dataset, client=client)
+            return cached
+    return None
+
+
+def load_or_compute_specs(dataset: Dataset, path: str | Path, *, client=None,
+                          events: dict[str, list] | None = None) -> tuple[Specs, bool]:
+    """Reuse ``path`` if its fingerprint matches the data, else compute and save; returns (specs, reused)."""
+    cached = cached_specs(dataset, path)
+    if cached is not None:
+        return cached, True
+    specs = compute_specs(dataset, client=client, events=events)
     specs.save(path)
     return specs, False
 

@@ -41,7 +41,7 @@ def test_bad_config_values(toy_data, patch, words):
 def test_sample_errors(toy_data):
     raw = good(toy_data["dir"])
     del raw["samples"][0]["label"]
-    with pytest.raises(HepdaskError, match="lacks the required key.*'label'"):
+    with pytest.raises(HepdaskError, match=r"lacks the required key.*'label'"):
         from_dict(raw)
     with pytest.raises(HepdaskError, match="no \\[\\[samples\\]\\]"):
         from_dict({"samples": []})
@@ -54,9 +54,9 @@ def test_overrides(toy_data, tmp_path):
     assert config.train.xgboost.num_boost_round == 7
     assert config.samples[1].tree == "events"
     assert config.name == "other" and config.features.branches == ("mass",)
-    with pytest.raises(HepdaskError, match="key.sub=value"):
+    with pytest.raises(HepdaskError, match=r"key.sub=value"):
         apply_overrides({}, ["novalue"])
-    with pytest.raises(HepdaskError, match="samples.0.files"):
+    with pytest.raises(HepdaskError, match=r"samples.0.files"):
         apply_overrides({"samples": [{}]}, ["samples.5.label=1"])
 
 
@@ -88,7 +88,7 @@ def test_missing_branch_suggests(toy_data):
     assert "sig_0.root" in text
     raw = good(toy_data["dir"])
     raw["samples"][1]["weight"] = "wieght"
-    with pytest.raises(HepdaskError, match="samples.b.weight.*Closest: weight"):
+    with pytest.raises(HepdaskError, match=r"samples.b.weight.*Closest: weight"):
         open_dataset(from_dict(raw))
 
 
@@ -100,7 +100,7 @@ def test_wrong_tree_and_not_root(toy_data, tmp_path):
     junk.write_text("this is not a ROOT file\n")
     raw = good(toy_data["dir"])
     raw["samples"][0]["files"] = [str(junk)]
-    with pytest.raises(HepdaskError, match="junk.root .*as a ROOT file"):
+    with pytest.raises(HepdaskError, match=r"junk.root .*as a ROOT file"):
         open_dataset(from_dict(raw))
 
 
@@ -111,7 +111,7 @@ def test_string_branch_skipped_or_refused():
     names = [b.name for b in dataset.branches]
     assert "Type" not in names and "M" in names
     assert any("'Type'" in note and "not numeric" in note for note in dataset.notes)
-    with pytest.raises(HepdaskError, match="'Type'.*not numeric"):
+    with pytest.raises(HepdaskError, match=r"'Type'.*not numeric"):
         open_dataset(from_dict({"samples": samples, "features": {"branches": ["Type", "M"]}}))
 
 
