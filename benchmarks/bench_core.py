@@ -156,24 +156,32 @@ STEPS = {f.__name__: f for f in (step_read_numpy, step_prep_hepdask, step_train_
                                  step_train_numpy)}
 
 
-def child(step: str, *args: str) -> dict:
-    """Run one step in a fresh interpreter; returns its result with its peak RSS."""
-    out = subprocess.run([sys.executable, __file__, "--step", step, *args], check=True,
+def child(step: str, *args: str, script: str = __file__) -> dict:
+    """Run one step of ``script`` in a fresh interpreter; returns its result with its peak RSS."""
+    out = subprocess.run([sys.executable, script, "--step", step, *args], check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prep-events", type=int, default=2_500_000)
-    parser.add_argument("--train-events", type=int, default=250_000)
+def parse(doc: str, steps: dict, options: dict[str, int]) -> argparse.Namespace | None:
+    """The command line of a benchmark; in a child (``--step``), run that step and return None."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for option, default in options.items():
+        parser.add_argument(option, type=int, default=default)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "hepdask-bench")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
-    if args.step:
-        result = STEPS[args.step](*(int(a) if a.isdigit() else a for a in rest))
-        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+    if not args.step:
+        return args
+    result = steps[args.step](*(int(a) if a.isdigit() else a for a in rest))
+    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+    return None
+
+
+def main() -> None:
+    args = parse(__doc__, STEPS, {"--prep-events": 2_500_000, "--train-events": 250_000})
+    if args is None:
         return
 
     big, small = args.data / f"higgs-{args.prep_events}", args.data / f"higgs-{args.train_events}"

@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = with_config("run", "prepare data, compute specs, train and evaluate")
     run.add_argument("--recompute-specs", action="store_true", help="ignore a cached specs.json")
+    run.add_argument("--resume", action="store_true",
+                     help="keras: continue an interrupted run from its last checkpoint")
     run.set_defaults(func=_run)
 
     specs = with_config("specs", "compute (or reuse) the per-branch specs and print them")
@@ -94,7 +96,7 @@ def _run(args) -> int:
         (pipe.run_dir / "specs.json").unlink(missing_ok=True)
     with connect(pipe.config.cluster, address=args.scheduler) as client:
         pipe.client = client
-        metrics = pipe.run()
+        metrics = pipe.run(resume=args.resume)
     print(summary(metrics, pipe.run_dir))
     return 0
 

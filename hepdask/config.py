@@ -25,9 +25,12 @@ __all__ = [
     "DataConfig",
     "EvaluateConfig",
     "FeaturesConfig",
+    "KerasConfig",
     "PrepareConfig",
     "SampleConfig",
+    "SklearnConfig",
     "SplitConfig",
+    "StreamConfig",
     "TrainConfig",
     "XGBoostConfig",
     "apply_overrides",
@@ -35,7 +38,7 @@ __all__ = [
 ]
 
 NORMALIZATIONS = ("standard", "minmax", "none")
-ENGINES = ("xgboost",)
+ENGINES = ("xgboost", "keras", "sklearn")
 
 
 @dataclass(frozen=True)
@@ -152,9 +155,64 @@ class XGBoostConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """How the streaming engines (keras, sklearn) get their batches from the cluster."""
+
+    batch_size: int = 1000
+    prefetch: int = 4  # partitions computed ahead on the workers
+    use_weights: bool = True
+    balance_classes: bool = True  # scale weights so each class has the same total weight
+    missing_indicators: bool = False  # one 0/1 column per feature that has missing values
+    seed: int = 0  # shuffling of partitions and events, per epoch
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "prefetch"):
+            if getattr(self, key) < 1:
+                raise HepdaskError(
+                    f"Config key train.stream.{key} is {getattr(self, key)}: it must be a "
+                    "positive integer."
+                )
+
+
+@dataclass(frozen=True)
+class KerasConfig:
+    """A user model file, or the built-in dense network described by the other keys."""
+
+    model: str | None = None  # "path/to/file.py:function", function(n_features) -> compiled model
+    hidden: tuple[int, ...] = (128, 64, 32)
+    activation: str = "relu"
+    dropout: float = 0.1
+    learning_rate: float = 1e-3
+    epochs: int = 10
+    patience: int | None = 3  # epochs without val_loss improvement before stopping
+
+    def __post_init__(self) -> None:
+        if self.model is not None and ":" not in self.model:
+            raise HepdaskError(
+                f"Config key train.keras.model is {self.model!r}: write it as "
+                "\"path/to/file.py:function\", a function taking the number of input features "
+                "and returning a compiled keras.Model."
+            )
+        if self.epochs < 1:
+            raise HepdaskError(f"Config key train.keras.epochs is {self.epochs}: it must be >= 1.")
+
+
+@dataclass(frozen=True)
+class SklearnConfig:
+    """Any scikit-learn estimator with ``partial_fit``, trained batch by batch."""
+
+    estimator: str = "sklearn.linear_model.SGDClassifier"
+    params: dict[str, Any] = field(default_factory=lambda: {"loss": "log_loss"})
+    epochs: int = 5
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     engine: str = "xgboost"
     xgboost: XGBoostConfig = field(default_factory=XGBoostConfig)
+    keras: KerasConfig = field(default_factory=KerasConfig)
+    sklearn: SklearnConfig = field(default_factory=SklearnConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
         _check_choice("train.engine", self.engine, ENGINES)
@@ -332,6 +390,12 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
                 _build(SampleConfig, v, f"samples.{v.get('name', i) if isinstance(v, Mapping) else i}")
                 for i, v in enumerate(value)
             )
+        if item is int:
+            if not isinstance(value, list):
+                raise HepdaskError(
+                    f"Config key {where} must be a list of integers, not {_kind(value)}."
+                )
+            return tuple(_convert(int, v, f"{where}.{i}") for i, v in enumerate(value))
         values = [value] if isinstance(value, str) else value
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise HepdaskError(

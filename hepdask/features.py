@@ -151,6 +151,7 @@ class SplitArrays:
     """
 
     matrix: da.Array
+    block_samples: tuple[str, ...] = ()  # the sample of each (non-empty) block of ``matrix``
 
     @property
     def X(self) -> da.Array:
@@ -188,7 +189,8 @@ class Features:
         """Compute the matrices into the workers' memory, all splits in one pass over the files."""
         arrays = [self[s].matrix for s in SPLITS]
         done = client.persist(arrays) if client is not None else dask.persist(*arrays)
-        return Features(self.layout, *(SplitArrays(matrix) for matrix in done))
+        return Features(self.layout, *(SplitArrays(matrix, self[s].block_samples)
+                                       for s, matrix in zip(SPLITS, done, strict=True)))
 
 
 def build_features(dataset: Dataset, layout: Layout, split: SplitConfig, *,
@@ -200,6 +202,7 @@ def build_features(dataset: Dataset, layout: Layout, split: SplitConfig, *,
     """
     width = layout.width
     blocks: dict[str, list[list[da.Array]]] = {s: [] for s in SPLITS}
+    block_samples: dict[str, list[str]] = {s: [] for s in SPLITS}
     for sample in dataset.samples:
         parts = events[sample.name] if events is not None else sample.partitions_delayed()
         for partition, part in zip(sample.partitions, parts, strict=True):
@@ -210,10 +213,14 @@ def build_features(dataset: Dataset, layout: Layout, split: SplitConfig, *,
             full = da.from_delayed(task, shape=(partition.size, width + 2), dtype=np.float32)
             edges = np.concatenate([[0], np.cumsum(counts)])
             for i, name in enumerate(SPLITS):
-                blocks[name].append(full[edges[i]: edges[i + 1]])
+                if counts[i]:  # dask drops empty chunks when concatenating
+                    blocks[name].append(full[edges[i]: edges[i + 1]])
+                    block_samples[name].append(sample.name)
     out = {}
     for name in SPLITS:
-        out[name] = SplitArrays(da.concatenate(blocks[name], axis=0))
+        matrix = (da.concatenate(blocks[name], axis=0) if blocks[name]
+                  else da.zeros((0, width + 2), dtype=np.float32, chunks=(0, width + 2)))
+        out[name] = SplitArrays(matrix, tuple(block_samples[name]))
     return Features(layout, out["train"], out["validation"], out["test"])
 
 

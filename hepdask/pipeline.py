@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 from distributed import wait
 
 from . import evaluate as ev
@@ -30,7 +29,7 @@ from .errors import HepdaskError
 from .features import SPLITS, Features, build_features, make_layout
 from .outputs import write_json, write_text
 from .specs import Specs, cached_specs, load_or_compute_specs
-from .train import XGBoostModel, train_xgboost
+from .train import train_xgboost
 
 __all__ = ["Pipeline"]
 
@@ -60,7 +59,7 @@ class Pipeline:
         self._dataset: Dataset | None = None
         self._specs: Specs | None = None
         self._features: Features | None = None
-        self._model: XGBoostModel | None = None
+        self._model = None  # XGBoostModel, KerasModel or SklearnModel
         self._reads: dict[str, list] | None = None  # partitions held for the specs and features
         self._check_labels()
 
@@ -130,16 +129,39 @@ class Pipeline:
                      len(self._features.test))
         return self._features
 
-    def train(self, *, client=None) -> XGBoostModel:
-        """Fit the configured engine and save the model in the run directory."""
+    def train(self, *, client=None, resume: bool = False):
+        """Fit the configured engine and save the model in the run directory.
+
+        ``xgboost`` persists the features on the workers and trains there; ``keras`` and
+        ``sklearn`` stream them to this process, so the data never need to fit in memory.
+        ``resume`` continues a Keras run from its last checkpoint.
+        """
         client = self._client(client)
-        features = self.features(client=client, keep_reads=True)
-        with self._timed("features"):
-            self._features = features = features.persist(client=client)
-            wait([features[s].matrix for s in SPLITS])
-            self._reads = None  # the features hold what training needs; free the raw partitions
-        with self._timed("train"):
-            self._model = train_xgboost(client, features, self.config.train.xgboost)
+        engine = self.config.train.engine
+        if engine == "xgboost":
+            features = self.features(client=client, keep_reads=True)
+            with self._timed("features"):
+                self._features = features = features.persist(client=client)
+                wait([features[s].matrix for s in SPLITS])
+                self._reads = None  # the features hold what training needs; free the raw reads
+            with self._timed("train"):
+                self._model = train_xgboost(client, features, self.config.train.xgboost)
+        else:
+            features = self.features(client=client)
+            labels = {s.name: s.label for s in self.config.samples}
+            train = self.config.train
+            with self._timed("train"):
+                if engine == "keras":
+                    from .train.keras import train_keras
+
+                    self._model = train_keras(client, features, self.specs(), labels, train.keras,
+                                              train.stream, self.run_dir, resume=resume)
+                else:
+                    from .train.sklearn import train_sklearn
+
+                    self._model = train_sklearn(client, features, self.specs(), labels,
+                                                train.sklearn, train.stream)
+            write_json(self.run_dir / "history.json", self._model.history)
         self._model.save(self.run_dir)
         write_json(self.run_dir / "features.json", features.layout.to_dict())
         return self._model
@@ -148,10 +170,8 @@ class Pipeline:
         """Metrics and plots on the test split; writes metrics.json (last, so it marks a complete run)."""
         client = self._client(client)
         model = self._model or self.train(client=client)
-        test = self.features(client=client).test
         with self._timed("evaluate"):
-            scores, y, w = (np.asarray(a) for a in client.compute(
-                [model.predict(client, test.X), test.y, test.w], sync=True))
+            scores, y, w = model.scores(client, self.features(client=client), "test")
             totals = self._class_totals()
             cfg = self.config.evaluate
             metrics = ev.evaluate_scores(scores, y, w, class_totals=totals, b_reg=cfg.ams_breg,
@@ -171,7 +191,7 @@ class Pipeline:
         write_json(self.run_dir / "metrics.json", metrics)
         return metrics
 
-    def run(self, *, client=None) -> dict:
+    def run(self, *, client=None, resume: bool = False) -> dict:
         """Every step, writing the whole run directory; returns the metrics."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with _log_to(self.run_dir / "run.log"):
@@ -179,7 +199,7 @@ class Pipeline:
                 write_text(self.run_dir / "config.toml", Path(self.config.source).read_text())
             write_json(self.run_dir / "config.resolved.json", self.config.to_dict())
             self.specs(client=client)
-            self.train(client=client)
+            self.train(client=client, resume=resume)
             return self.evaluate(client=client)
 
     def _client(self, client, *, required: bool = True):

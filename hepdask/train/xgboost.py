@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dask
 import dask.array as da
+import numpy as np
 import xgboost
 import xgboost.dask as dxgb
 
@@ -43,6 +44,13 @@ class XGBoostModel:
         """Scores for the rows of ``X``, computed on the workers, lazily."""
         return dxgb.predict(client, self.booster, X, iteration_range=self._iteration_range(),
                             validate_features=False)
+
+    def scores(self, client, features: Features, split: str = "test"):
+        """(scores, labels, weights) of ``split`` as NumPy arrays, in the split's row order."""
+        arrays = features[split]
+        scores, y, w = client.compute([self.predict(client, arrays.X), arrays.y, arrays.w],
+                                      sync=True)
+        return np.asarray(scores), np.asarray(y), np.asarray(w)
 
     def _iteration_range(self) -> tuple[int, int]:
         return (0, self.best_iteration + 1) if self.best_iteration is not None else (0, 0)

@@ -1,0 +1,126 @@
+"""Any scikit-learn estimator with ``partial_fit``, trained on batches streamed from the cluster.
+
+The same stream as the Keras engine (mixed-class batches, true epochs, a few
+partitions in flight); validation log-loss and AUC are recorded after every
+epoch. The model is saved with joblib.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.metrics import log_loss, roc_auc_score
+
+from ..config import SklearnConfig, StreamConfig
+from ..errors import HepdaskError
+from ..features import Features
+from ..outputs import atomic_path
+from ..specs import Specs
+from ..stream import BatchStream, StreamedModel, Transform, make_transform
+
+__all__ = ["SklearnModel", "train_sklearn"]
+
+log = logging.getLogger("hepdask")
+
+
+@dataclass
+class SklearnModel(StreamedModel):
+    """A fitted estimator with the transform its inputs need."""
+
+    estimator: object
+    feature_names: tuple[str, ...]
+    transform: Transform
+    stream: StreamConfig
+    history: dict = field(default_factory=dict)
+    best_iteration: int | None = None
+
+    filename = "model.joblib"
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Signal probability when the estimator gives one, else its decision function."""
+        if hasattr(self.estimator, "predict_proba"):
+            try:
+                return self.estimator.predict_proba(X)[:, 1]
+            except AttributeError:  # e.g. SGDClassifier with a loss without probabilities
+                pass
+        return self.estimator.decision_function(X)
+
+    def importance(self) -> dict[str, float]:
+        """|coefficient| per feature for linear models (the inputs are normalised)."""
+        coef = getattr(self.estimator, "coef_", None)
+        if coef is None:
+            return {}
+        return dict(zip(self.feature_names, np.abs(np.ravel(coef)).tolist(), strict=False))
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / self.filename
+        with atomic_path(path) as tmp:
+            joblib.dump(self.estimator, tmp)
+        return path
+
+
+def make_estimator(config: SklearnConfig):
+    """Instantiate ``config.estimator`` (a dotted class path) with ``config.params``."""
+    module_name, _, class_name = config.estimator.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise HepdaskError(
+            f"train.sklearn.estimator: cannot import {config.estimator!r}. Give the full class "
+            "path, e.g. \"sklearn.linear_model.SGDClassifier\" or "
+            "\"sklearn.neural_network.MLPClassifier\"."
+        ) from None
+    if not hasattr(cls, "partial_fit"):
+        raise HepdaskError(
+            f"train.sklearn.estimator: {config.estimator} has no partial_fit, so it cannot learn "
+            "from streamed batches. Use one that has (SGDClassifier, MLPClassifier, "
+            "Perceptron, PassiveAggressiveClassifier, BernoulliNB, ...), or the xgboost engine."
+        )
+    try:
+        return cls(**config.params)
+    except TypeError as err:
+        raise HepdaskError(f"train.sklearn.params: {config.estimator} refused them: {err}.") from None
+
+
+def train_sklearn(client, features: Features, specs: Specs, labels: Mapping[str, int],
+                  config: SklearnConfig, stream: StreamConfig) -> SklearnModel:
+    """Train ``config.estimator`` for ``config.epochs`` passes over the streamed training split."""
+    if client is None:
+        raise HepdaskError("The sklearn engine needs a distributed Client to compute the batches.")
+    estimator = make_estimator(config)
+    transform = make_transform(features.layout, specs, labels, stream)
+    names = transform.names(features.layout)
+    train = BatchStream(client, features, "train", transform, batch_size=stream.batch_size,
+                        prefetch=stream.prefetch, seed=stream.seed, shuffle=True)
+    if not len(train):
+        raise HepdaskError("The training split is empty: check split.train and the samples.")
+    weighted = "sample_weight" in inspect.signature(estimator.partial_fit).parameters
+    if not weighted:
+        log.info("%s.partial_fit takes no sample weights: training unweighted",
+                 type(estimator).__name__)
+    classes = np.array(sorted(set(labels.values())), dtype=np.float32)
+    model = SklearnModel(estimator, names, transform, stream)
+    history: dict[str, dict[str, list[float]]] = {"validation": {"logloss": [], "auc": []}}
+    log.info("Training %s: %d events in %d batches, %d features, %d epochs",
+             type(estimator).__name__, train.n_events, len(train), len(names), config.epochs)
+    for epoch in range(config.epochs):
+        for X, y, w in train.epoch(epoch):
+            kwargs = {"sample_weight": w} if weighted else {}
+            estimator.partial_fit(X, y, classes=classes, **kwargs)
+        scores, y, w = model.scores(client, features, "validation")
+        if len(y) and len(np.unique(y)) == 2:
+            auc = float(roc_auc_score(y, scores))
+            history["validation"]["auc"].append(auc)
+            if hasattr(estimator, "predict_proba") and scores.min() >= 0 and scores.max() <= 1:
+                history["validation"]["logloss"].append(float(log_loss(y, scores, labels=classes)))
+            log.info("Epoch %d: validation AUC %.4f", epoch + 1, auc)
+    train.release()
+    model.history = {k: {m: v for m, v in h.items() if v} for k, h in history.items()}
+    return model
