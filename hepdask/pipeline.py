@@ -28,7 +28,7 @@ from .dataset import Dataset, open_dataset
 from .errors import HepdaskError
 from .features import SPLITS, Features, build_features, make_layout
 from .outputs import write_json, write_text
-from .specs import Specs, cached_specs, load_or_compute_specs
+from .specs import Specs, cached_specs, compute_specs
 from .train import train_xgboost
 
 __all__ = ["Pipeline"]
@@ -109,11 +109,13 @@ class Pipeline:
                 path.unlink()
             client = self._client(client, required=False)
             with self._timed("specs"):
-                if keep_reads and client is not None and cached_specs(dataset, path) is None:
-                    self._reads = dataset.read(client)
-                self._specs, self.specs_reused = load_or_compute_specs(
-                    dataset, path, client=client, events=self._reads
-                )
+                self._specs = cached_specs(dataset, path)
+                self.specs_reused = self._specs is not None
+                if not self.specs_reused:
+                    if keep_reads and client is not None:
+                        self._reads = dataset.read(client)
+                    self._specs = compute_specs(dataset, client=client, events=self._reads)
+                    self._specs.save(path)
             log.info("Specs %s: %s", "reused" if self.specs_reused else "computed", path)
         return self._specs
 

@@ -195,13 +195,12 @@ def cached_specs(dataset: Dataset, path: str | Path) -> Specs | None:
     return None
 
 
-def load_or_compute_specs(dataset: Dataset, path: str | Path, *, client=None,
-                          events: dict[str, list] | None = None) -> tuple[Specs, bool]:
+def load_or_compute_specs(dataset: Dataset, path: str | Path, *, client=None) -> tuple[Specs, bool]:
     """Reuse ``path`` if its fingerprint matches the data, else compute and save; returns (specs, reused)."""
     cached = cached_specs(dataset, path)
     if cached is not None:
         return cached, True
-    specs = compute_specs(dataset, client=client, events=events)
+    specs = compute_specs(dataset, client=client)
     specs.save(path)
     return specs, False
 

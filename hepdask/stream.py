@@ -12,7 +12,6 @@ so any batch can be rebuilt in any order and a resumed run sees the same ones.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,9 +38,6 @@ class Transform:
     indicators: tuple[int, ...]  # columns that get a 0/1 "was missing" column
     class_scale: tuple[tuple[int, float], ...]  # label -> weight factor
     use_weights: bool
-
-    def width(self, layout: Layout) -> int:
-        return layout.width + len(self.indicators)
 
     def names(self, layout: Layout) -> tuple[str, ...]:
         return layout.names + tuple(f"{layout.names[i]}.missing" for i in self.indicators)
@@ -123,16 +119,16 @@ class BatchStream:
         self._matrix = arrays.matrix
         sizes = arrays.matrix.chunks[0]
         by_sample: dict[str, list[int]] = {}
-        for index, (sample, size) in enumerate(zip(arrays.block_samples, sizes, strict=True)):
-            if size:
-                by_sample.setdefault(sample, []).append(index)
+        nonempty = [index for index, size in enumerate(sizes) if size]
+        for index, sample in zip(nonempty, arrays.block_samples, strict=True):
+            by_sample.setdefault(sample, []).append(index)
         self._sizes = sizes
         self._samples = list(by_sample)
         self._blocks = [np.array(by_sample[s]) for s in self._samples]
         self._totals = np.array([sum(sizes[b] for b in blocks) for blocks in self._blocks])
         self.n_events = int(self._totals.sum())
         self._epoch: int | None = None
-        self._held: OrderedDict[int, object] = OrderedDict()  # block -> future or arrays
+        self._held: dict[int, object] = {}  # block -> future, then its arrays
 
     def __len__(self) -> int:
         return math.ceil(self.n_events / self.batch_size) if self.n_events else 0
@@ -217,7 +213,6 @@ class BatchStream:
         held = self._held[block]
         if not isinstance(held, tuple):
             held = self._held[block] = held.result()
-        self._held.move_to_end(block)
         return held
 
     def _prefetch(self, next_index: int) -> None:

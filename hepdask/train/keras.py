@@ -18,7 +18,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,7 +41,6 @@ CHECKPOINTS = "checkpoints"
 
 def import_keras():
     """Keras 3 (TensorFlow backend), or a clear message on how to install it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     try:
         import keras
     except ImportError:
