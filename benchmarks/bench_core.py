@@ -77,23 +77,31 @@ def step_read_numpy(directory: str) -> dict:
 
 
 def step_prep_hepdask(directory: str, workers: int) -> dict:
-    from distributed import wait
-
     from hepdask import Pipeline
-    from hepdask.cluster import connect
-    from hepdask.features import SPLITS
 
     with tempfile.TemporaryDirectory() as tmp:
         pipe = Pipeline.from_config(CONFIG, overrides=overrides(Path(directory), workers,
                                                                 Path(tmp) / "prep"))
-        with connect(pipe.config.cluster) as client:
-            client.wait_for_workers(workers)
-            start = time.perf_counter()
-            features = pipe.features(client=client, keep_reads=True).persist(client=client)
-            wait([features[s].matrix for s in SPLITS])
-            seconds = time.perf_counter() - start
-            events = sum(len(features[s]) for s in SPLITS)
-    return {"seconds": seconds, "events": events, "timings": pipe.timings}
+        result, _ = timed_prep(pipe, workers)
+    return result
+
+
+def timed_prep(pipe, workers: int):
+    """Read + specs + features persisted on a started cluster: (result, features)."""
+    from distributed import wait
+
+    from hepdask.cluster import connect
+    from hepdask.features import SPLITS
+
+    pipe.dataset()
+    with connect(pipe.config.cluster) as client:
+        client.wait_for_workers(workers)
+        start = time.perf_counter()
+        features = pipe.features(client=client, keep_reads=True).persist(client=client)
+        wait([features[s].matrix for s in SPLITS])
+        seconds = time.perf_counter() - start
+        events = sum(len(features[s]) for s in SPLITS)
+    return {"seconds": seconds, "events": events, "timings": pipe.timings}, features
 
 
 def step_train_hepdask(directory: str, workers: int, threads: int = 1) -> dict:
@@ -120,8 +128,7 @@ def step_train_numpy(directory: str, workers: int) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from hepdask import higgsml, load_config
-    from hepdask.dataset import Partition
-    from hepdask.features import split_codes
+    from hepdask.dataset import Partition, split_codes
 
     config = load_config(CONFIG, overrides(Path(directory), workers, Path(directory) / "unused"))
     xcfg = config.train.xgboost

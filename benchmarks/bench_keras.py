@@ -75,8 +75,7 @@ def step_in_memory(directory: str, workers: int) -> dict:
         cfg = pipe.config.train
         with connect(pipe.config.cluster) as client:
             features = pipe.features(client=client)
-            labels = {s.name: s.label for s in pipe.config.samples}
-            transform = make_transform(features.layout, pipe.specs(), labels, cfg.stream)
+            transform = make_transform(features.layout, pipe.specs(), cfg.stream)
             arrays = {}
             for split in ("train", "validation"):
                 stream = BatchStream(client, features, split, transform, batch_size=100_000,
@@ -84,7 +83,7 @@ def step_in_memory(directory: str, workers: int) -> dict:
                 parts = list(stream.epoch())
                 arrays[split] = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
     X, y, w = arrays["train"]
-    model = _build_model(keras, cfg.keras, X.shape[1])
+    model = _build_model(keras, cfg.keras, X.shape[1], 2)
     start = time.perf_counter()
     model.fit(X, y, sample_weight=w, batch_size=cfg.stream.batch_size, epochs=cfg.keras.epochs,
               validation_data=arrays["validation"], shuffle=True, verbose=0)

@@ -1,4 +1,5 @@
-"""``python -m hepdask``: run, specs, data. A thin layer over :class:`hepdask.Pipeline`."""
+"""``python -m hepdask``: run, specs, data, convert-mlaas4hep. A thin layer over
+:class:`hepdask.Pipeline`."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("config", help="the run's TOML file, e.g. configs/higgs.toml")
+        p.add_argument("config", nargs="?" if name == "run" else None,
+                       help="the run's TOML file, e.g. configs/higgs.toml")
         p.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a config key, e.g. split.seed=7")
         p.add_argument("--output", help="run directory (default: <output>/<name> from the config)")
@@ -47,7 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--recompute-specs", action="store_true", help="ignore a cached specs.json")
     run.add_argument("--resume", action="store_true",
                      help="keras: continue an interrupted run from its last checkpoint")
+    run.add_argument("--mlaas4hep", action="store_true",
+                     help="run an MLaaS4HEP workflow as it is, from the options below "
+                          "instead of CONFIG")
+    _mlaas4hep_options(run)
     run.set_defaults(func=_run)
+
+    convert = sub.add_parser(
+        "convert-mlaas4hep", help="write the hepdask config of an MLaaS4HEP workflow",
+        description="Write the TOML config equivalent to an MLaaS4HEP workflow, with notes on "
+                    "every setting that hepdask does not use.")
+    _mlaas4hep_options(convert)
+    convert.add_argument("-o", "--output", help="the TOML file to write (default: print it)")
+    convert.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    convert.set_defaults(func=_convert)
 
     specs = with_config("specs", "compute (or reuse) the per-branch specs and print them")
     specs.add_argument("--recompute", action="store_true", help="ignore a cached specs.json")
@@ -79,10 +94,66 @@ def _setup_logging(quiet: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _mlaas4hep_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("MLaaS4HEP workflow")
+    group.add_argument("--files", help="files.txt (one ROOT file per line) or a comma list")
+    group.add_argument("--labels", help="labels.txt (one label per file), a comma list, or the "
+                                        "branch holding each event's label")
+    group.add_argument("--params", help="params.json")
+    group.add_argument("--preproc", help="preproc.json (new_branch, flat_cut, jagged_cut)")
+    group.add_argument("--model", help="a Python file defining model(idim) (Keras) or model() "
+                                       "(XGBoost or scikit-learn estimator)")
+
+
+def _mlaas4hep_config(args) -> tuple[dict, str]:
+    """The converted config mapping and its TOML text, with the notes printed."""
+    from .mlaas4hep import convert, to_toml
+
+    missing = [f"--{k}" for k in ("files", "labels", "model") if not getattr(args, k)]
+    if missing:
+        raise HepdaskError(f"An MLaaS4HEP workflow needs {', '.join(missing)} (and usually "
+                           "--params): give the files MLaaS4HEP's workflow.py was run with.")
+    raw, notes = convert(files=args.files, labels=args.labels, model=args.model,
+                         params=args.params, preproc=args.preproc)
+    for note in notes:
+        log.warning("MLaaS4HEP: %s", note)
+    given = " ".join(f"--{k} {getattr(args, k)}" for k in ("files", "labels", "params",
+                                                             "preproc", "model")
+                     if getattr(args, k))
+    text = to_toml(raw, comments=[f"Converted from the MLaaS4HEP workflow: {given}",
+                                  *(f"Note: {n}" for n in notes)])
+    return raw, text
+
+
 def _pipeline(args):
+    from .config import apply_overrides, from_dict
     from .pipeline import Pipeline
 
+    if getattr(args, "mlaas4hep", False):
+        if args.config:
+            raise HepdaskError("Give either a CONFIG file or --mlaas4hep with its options, not "
+                               "both.")
+        raw, text = _mlaas4hep_config(args)
+        pipe = Pipeline(from_dict(apply_overrides(raw, args.overrides)), output=args.output)
+        pipe.config_text = text
+        return pipe
+    if not args.config:
+        raise HepdaskError("Give the run's config file (e.g. python -m hepdask run "
+                           "configs/higgs.toml), or --mlaas4hep with --files, --labels, "
+                           "--params and --model.")
     return Pipeline.from_config(args.config, overrides=args.overrides, output=args.output)
+
+
+def _convert(args) -> int:
+    from .outputs import write_text
+
+    _, text = _mlaas4hep_config(args)
+    if args.output:
+        write_text(args.output, text)
+        log.info("Wrote %s", args.output)
+    else:
+        print(text, end="")
+    return 0
 
 
 def _run(args) -> int:

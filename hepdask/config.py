@@ -21,6 +21,7 @@ from .errors import HepdaskError
 
 __all__ = [
     "ClusterConfig",
+    "CollectionConfig",
     "Config",
     "DataConfig",
     "EvaluateConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "KerasConfig",
     "PrepareConfig",
     "SampleConfig",
+    "SelectionConfig",
     "SklearnConfig",
     "SplitConfig",
     "StreamConfig",
@@ -39,6 +41,7 @@ __all__ = [
 
 NORMALIZATIONS = ("standard", "minmax", "none")
 ENGINES = ("xgboost", "keras", "sklearn")
+EXTRA_METRICS = ("accuracy", "auc", "precision", "recall", "f1", "logloss")
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,9 @@ class SampleConfig:
 
     name: str
     files: tuple[str, ...]
-    label: int
+    label: int | str  # a class number, or an expression giving one per event
     tree: str | None = None  # defaults to [data] tree
-    weight: str | None = None  # per-event weight branch; 1 when absent
+    weight: str | None = None  # per-event weight: a branch or an expression; 1 when absent
 
     def __post_init__(self) -> None:
         if not self.files:
@@ -57,10 +60,15 @@ class SampleConfig:
                 f"Config key samples.{self.name}.files is empty: list at least one ROOT file, "
                 "glob (e.g. 'data/*.root') or text file of paths ending in .txt."
             )
-        if self.label < 0:
+        if isinstance(self.label, int) and self.label < 0:
             raise HepdaskError(
                 f"Config key samples.{self.name}.label is {self.label}: labels are class "
                 "numbers 0, 1, ... (0 = background and 1 = signal for a binary classifier)."
+            )
+        if isinstance(self.label, str) and not self.label.strip():
+            raise HepdaskError(
+                f"Config key samples.{self.name}.label is empty: give a class number or an "
+                "expression such as \"genMatched == 1\"."
             )
 
 
@@ -69,12 +77,19 @@ class DataConfig:
     tree: str = "events"
     step_size: int = 100_000  # entries per partition
     sentinel: float | None = None  # value meaning "undefined" (HiggsML: -999.0)
+    max_events: int | None = None  # use at most this many entries, taken from every file in proportion
+    redirector: str | None = None  # XRootD prefix for logical file names (/store/...)
 
     def __post_init__(self) -> None:
         if self.step_size <= 0:
             raise HepdaskError(
                 f"Config key data.step_size is {self.step_size}: it is the number of entries "
                 "per partition and must be positive (100000 is a good start)."
+            )
+        if self.max_events is not None and self.max_events < 1:
+            raise HepdaskError(
+                f"Config key data.max_events is {self.max_events}: give a positive number of "
+                "entries, or leave it out to use every entry."
             )
 
 
@@ -99,19 +114,64 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
+class CollectionConfig:
+    """How one jagged collection (``Jet`` for ``Jet_*``, or a lone jagged branch) is flattened."""
+
+    pad: int | str | None = None  # slots kept; features.pad when unset
+    sort_by: str | None = None  # an expression over the collection, e.g. "Jet_pt"
+    descending: bool = True  # with sort_by: the largest first
+    multiplicity: bool = True  # a column with the number of objects (after the selection)
+    mask: bool = True  # one 0/1 column per slot: is there an object
+
+    def check(self, where: str) -> None:
+        if self.pad is not None:
+            check_pad(f"{where}.pad", self.pad)
+
+
+@dataclass(frozen=True)
 class FeaturesConfig:
-    branches: tuple[str, ...] = ("*",)  # names or globs
+    branches: tuple[str, ...] = ("*",)  # names or globs, of tree branches and [derived] ones
     exclude: tuple[str, ...] = ()
-    pad: int | str = "max"  # slots per jagged branch: an int or "max" (from the specs)
+    pad: int | str = "max"  # slots per collection: an int, "max" or a quantile "q99" (specs)
     normalize: str = "standard"
+    collections: dict[str, CollectionConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_choice("features.normalize", self.normalize, NORMALIZATIONS)
-        if (isinstance(self.pad, str) and self.pad != "max") or (isinstance(self.pad, int) and self.pad < 1):
-            raise HepdaskError(
-                f"Config key features.pad is {self.pad!r}: give the number of slots kept per "
-                "jagged branch (e.g. 4) or \"max\" for the largest multiplicity in the data."
-            )
+        check_pad("features.pad", self.pad)
+        for name, collection in self.collections.items():
+            collection.check(f"features.collections.{name}")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Cuts, as expressions: on events, and on the objects of each collection before padding."""
+
+    events: str | None = None  # e.g. "count(Muon_pt) >= 2 and MET_pt > 20"
+    objects: dict[str, str] = field(default_factory=dict)  # collection -> e.g. "Jet_pt > 30"
+
+
+def check_pad(key: str, pad: int | str) -> None:
+    """A pad is an int >= 1, "max", or "qNN" (the NN-th percentile of the multiplicity)."""
+    ok = (isinstance(pad, int) and pad >= 1) or pad == "max" or pad_quantile(pad) is not None
+    if not ok:
+        raise HepdaskError(
+            f"Config key {key} is {pad!r}: give the number of slots kept per event (e.g. 4), "
+            "\"max\" for the largest multiplicity in the data, or a percentile such as \"q99\" "
+            "(the multiplicity that 99% of the events do not exceed)."
+        )
+
+
+def pad_quantile(pad: int | str) -> float | None:
+    """The fraction q/100 of a "qNN" pad, else None."""
+    if isinstance(pad, str) and pad.startswith("q"):
+        try:
+            q = float(pad[1:])
+        except ValueError:
+            return None
+        if 0 < q <= 100:
+            return q / 100
+    return None
 
 
 @dataclass(frozen=True)
@@ -132,6 +192,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class XGBoostConfig:
+    model: str | None = None  # "file.py:function" returning an XGBClassifier: its parameters are used
     num_boost_round: int = 200
     early_stopping_rounds: int | None = 20
     scale_pos_weight: float | str = "auto"  # "auto": background/signal weight ratio
@@ -152,6 +213,7 @@ class XGBoostConfig:
                 f"Config key train.xgboost.scale_pos_weight is {self.scale_pos_weight!r}: give a "
                 "number or \"auto\" (sum of background weights / sum of signal weights)."
             )
+        check_function_spec("train.xgboost.model", self.model, "an xgboost.XGBClassifier")
 
 
 @dataclass(frozen=True)
@@ -160,6 +222,7 @@ class StreamConfig:
 
     batch_size: int = 1000
     prefetch: int = 4  # partitions computed ahead on the workers
+    shuffle: bool = True  # reshuffle partitions and events every epoch
     use_weights: bool = True
     balance_classes: bool = True  # scale weights so each class has the same total weight
     missing_indicators: bool = False  # one 0/1 column per feature that has missing values
@@ -187,12 +250,8 @@ class KerasConfig:
     patience: int | None = 3  # epochs without val_loss improvement before stopping
 
     def __post_init__(self) -> None:
-        if self.model is not None and ":" not in self.model:
-            raise HepdaskError(
-                f"Config key train.keras.model is {self.model!r}: write it as "
-                "\"path/to/file.py:function\", a function taking the number of input features "
-                "and returning a compiled keras.Model."
-            )
+        check_function_spec("train.keras.model", self.model,
+                            "a compiled keras.Model, given the number of input features")
         if self.epochs < 1:
             raise HepdaskError(f"Config key train.keras.epochs is {self.epochs}: it must be >= 1.")
 
@@ -201,6 +260,7 @@ class KerasConfig:
 class SklearnConfig:
     """Any scikit-learn estimator with ``partial_fit``, trained batch by batch."""
 
+    # a class path, or "file.py:function" returning an estimator (then params are not used)
     estimator: str = "sklearn.linear_model.SGDClassifier"
     params: dict[str, Any] = field(default_factory=lambda: {"loss": "log_loss"})
     epochs: int = 5
@@ -232,6 +292,20 @@ class EvaluateConfig:
     ams_breg: float = 10.0
     top_fraction: float = 0.15  # AMS at the threshold keeping this fraction of events
     bins: int = 50
+    metrics: tuple[str, ...] = ()  # more test metrics: accuracy, precision, recall, f1, logloss
+
+    def __post_init__(self) -> None:
+        for metric in self.metrics:
+            _check_choice("evaluate.metrics", metric, EXTRA_METRICS)
+
+
+def check_function_spec(key: str, spec: str | None, returns: str) -> None:
+    """``"path/to/file.py:function"``, the way user code is named in a config."""
+    if spec is not None and (":" not in spec or not spec.rpartition(":")[0].endswith(".py")):
+        raise HepdaskError(
+            f"Config key {key} is {spec!r}: write it as \"path/to/file.py:function\", a "
+            f"function returning {returns}."
+        )
 
 
 @dataclass(frozen=True)
@@ -243,6 +317,8 @@ class Config:
     output: str = "runs"  # the run directory is <output>/<name>
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    derived: dict[str, str] = field(default_factory=dict)  # new branches: name -> expression
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -405,7 +481,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise HepdaskError(f"Config key {where} must be a table, not {_kind(value)}.")
-        return dict(value)
+        item = typing.get_args(hint)[1]
+        if item is Any:
+            return dict(value)
+        return {k: _convert(item, v, f"{where}.{k}") for k, v in value.items()}
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

@@ -11,8 +11,6 @@ file and entry, never on how the data happen to be partitioned.
 from __future__ import annotations
 
 import contextlib
-import difflib
-import fnmatch
 import glob
 import hashlib
 import json
@@ -22,30 +20,24 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dask
+import numpy as np
 import uproot
 
-from .config import Config, SampleConfig
+from .config import Config, SampleConfig, SplitConfig
 from .errors import HepdaskError
+from .preprocess import Branch, Preprocess, build_preprocess, describe_tree, missing_branch
 
-__all__ = ["Branch", "Dataset", "FileInfo", "Partition", "Sample", "expand_files", "open_dataset"]
+__all__ = ["Branch", "Dataset", "FileInfo", "Partition", "Sample", "expand_files", "open_dataset",
+           "split_codes"]
 
 log = logging.getLogger("hepdask")
 
 
 @dataclass(frozen=True)
-class Branch:
-    """A numeric branch used as a feature."""
-
-    name: str
-    dtype: str  # numpy dtype of the values (of the elements, for a jagged branch)
-    jagged: bool
-    collection: str  # branches of one collection share a multiplicity (e.g. "NJet")
-
-
-@dataclass(frozen=True)
 class FileInfo:
     path: str
-    entries: int
+    entries: int  # entries used (all of them unless data.max_events limits them)
     size: int
     mtime: float
 
@@ -64,13 +56,38 @@ class Partition:
         return self.stop - self.start
 
 
+def split_codes(partition: Partition, config: SplitConfig, *,
+                entries: np.ndarray | None = None) -> np.ndarray:
+    """0 (train), 1 (validation) or 2 (test) for each entry of ``partition`` (or ``entries``).
+
+    A SplitMix64 hash of the entry number, keyed by (seed, sample, file),
+    mapped to [0, 1): the same event always lands in the same split, whatever
+    the partitioning and whatever the event selection keeps around it.
+    """
+    digest = hashlib.blake2b(
+        f"{config.seed}\0{partition.sample}\0{partition.file}".encode(), digest_size=8
+    ).digest()
+    key = np.uint64(int.from_bytes(digest, "little"))
+    if entries is None:
+        entries = np.arange(partition.start, partition.stop)
+    entries = np.asarray(entries).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = key + (entries + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    uniform = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return np.searchsorted([config.train, config.train + config.validation], uniform, side="right")
+
+
 @dataclass
 class Sample:
     config: SampleConfig
     tree: str
     files: list[FileInfo]
     partitions: list[Partition]
-    columns: list[str]  # branches read from this sample (features + weight)
+    columns: list[str]  # the tree branches read: only those the run needs
+    preprocess: Preprocess
 
     @property
     def name(self) -> str:
@@ -81,7 +98,7 @@ class Sample:
         return sum(f.entries for f in self.files)
 
     def events(self):
-        """The sample as a lazy :mod:`dask_awkward` array, one partition per :class:`Partition`."""
+        """The raw branches as a lazy :mod:`dask_awkward` array, one partition per :class:`Partition`."""
         steps: dict[str, dict] = {}
         for part in self.partitions:
             steps.setdefault(part.file, {"object_path": self.tree, "steps": []})["steps"].append(
@@ -90,8 +107,14 @@ class Sample:
         return uproot.dask(steps, filter_name=self.columns, open_files=False)
 
     def partitions_delayed(self) -> list:
-        """One :class:`dask.delayed.Delayed` awkward array per :class:`Partition`, in order."""
-        return self.events().to_delayed()
+        """One delayed :class:`~hepdask.preprocess.Events` per :class:`Partition`, in order."""
+        prep = dask.delayed(self.preprocess, pure=True)
+        return [dask.delayed(_apply, pure=True)(prep, raw, self.name, part.start)
+                for raw, part in zip(self.events().to_delayed(), self.partitions, strict=True)]
+
+
+def _apply(prep: Preprocess, raw, sample: str, start: int):
+    return prep.apply(raw, sample, start)
 
 
 @dataclass
@@ -99,9 +122,15 @@ class Dataset:
     """All samples of a run and the feature branches they share."""
 
     samples: list[Sample]
-    branches: list[Branch]
+    preprocess: Preprocess
     sentinel: float | None
+    split: SplitConfig
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def branches(self) -> list[Branch]:
+        """The feature branches (tree and derived), in feature order."""
+        return self.preprocess.feature_branches
 
     @property
     def n_events(self) -> int:
@@ -117,70 +146,104 @@ class Dataset:
         return {s.name: client.persist(s.partitions_delayed()) for s in self.samples}
 
     def fingerprint(self) -> str:
-        """A hash of everything the specs depend on: files (size, mtime), trees, branches, sentinel."""
+        """A hash of everything the specs depend on: files (size, mtime, entries used), trees,
+        the per-event recipe (features, derived branches, selections, labels, weights), the
+        sentinel and the split."""
         payload = {
             "samples": [
                 {
                     "name": s.name,
                     "tree": s.tree,
-                    "weight": s.config.weight,
                     "files": [[f.path, f.size, f.mtime, f.entries] for f in s.files],
+                    "steps": [[p.start, p.stop] for p in s.partitions],
                 }
                 for s in self.samples
             ],
-            "branches": [b.name for b in self.branches],
+            "preprocess": self.preprocess.describe(),
             "sentinel": self.sentinel,
+            "split": [self.split.train, self.split.validation, self.split.test, self.split.seed],
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def open_dataset(config: Config) -> Dataset:
-    """Resolve files and branches of every sample and check them against each other."""
-    samples = []
-    branches: list[Branch] | None = None
-    notes: list[str] = []
-    # A weight is never a feature: in HiggsML it alone nearly separates the classes.
-    weights = tuple(s.weight for s in config.samples if s.weight)
+    """Resolve the files of every sample, check their branches and fix the per-event recipe.
+
+    The recipe (features, derived branches, selections) is built from the first file's
+    branches; every other file must have the branches its sample needs.
+    """
+    prep: Preprocess | None = None
+    found: list[tuple[SampleConfig, str, list[tuple[str, int]]]] = []
     for sample_config in config.samples:
         tree = sample_config.tree or config.data.tree
-        paths = expand_files(sample_config.files, where=f"samples.{sample_config.name}.files")
+        paths = expand_files(sample_config.files, where=f"samples.{sample_config.name}.files",
+                             redirector=config.data.redirector)
         files = []
         for path in paths:
             with _open_tree(path, tree, sample_config.name) as ttree:
-                if branches is None:
-                    branches, notes = _select_branches(ttree, config.features.branches,
-                                                       config.features.exclude + weights, path)
-                _check_branches(ttree, [b.name for b in branches], path, "features.branches")
-                if sample_config.weight:
-                    _check_branches(ttree, [sample_config.weight], path,
-                                    f"samples.{sample_config.name}.weight")
-                entries = ttree.num_entries
-            stat = os.stat(path)
-            files.append(FileInfo(path, entries, stat.st_size, stat.st_mtime))
-        columns = [b.name for b in branches or []]
-        if sample_config.weight and sample_config.weight not in columns:
-            columns.append(sample_config.weight)
+                if prep is None:
+                    prep = build_preprocess(config, *describe_tree(ttree), source=path)
+                _check_branches(ttree, prep.columns(sample_config.name), path,
+                                f"samples.{sample_config.name}")
+                files.append((path, ttree.num_entries))
+        found.append((sample_config, tree, files))
+    assert prep is not None  # every sample has at least one file
+    limits = _entry_limits([n for _, _, files in found for _, n in files], config.data.max_events)
+    samples = []
+    for sample_config, tree, files in found:
+        infos = [_file_info(path, next(limits)) for path, _ in files]
         partitions = [
             Partition(sample_config.name, f.path, start, min(start + config.data.step_size, f.entries))
-            for f in files
+            for f in infos
             for start in range(0, f.entries, config.data.step_size)
         ]
-        samples.append(Sample(sample_config, tree, files, partitions, columns))
-    for note in notes:
+        samples.append(Sample(sample_config, tree, infos, partitions,
+                              prep.columns(sample_config.name), prep))
+    for note in prep.notes:
         log.info(note)
-    return Dataset(samples, branches or [], config.data.sentinel, notes)
+    return Dataset(samples, prep, config.data.sentinel, config.split, list(prep.notes))
 
 
-def expand_files(patterns: Iterable[str], *, where: str) -> list[str]:
-    """Paths from a mix of file names, globs and ``.txt`` lists of paths (``#`` comments allowed)."""
+def _entry_limits(entries: list[int], max_events: int | None) -> Iterator[int]:
+    """Entries used per file: all, or ``max_events`` shared in proportion (at least 1 per file)."""
+    total = sum(entries)
+    for n in entries:
+        if max_events is None or max_events >= total:
+            yield n
+        else:
+            yield min(n, max(1, round(n * max_events / total)))
+
+
+def _file_info(path: str, entries: int) -> FileInfo:
+    if _is_url(path):
+        return FileInfo(path, entries, -1, 0.0)
+    stat = os.stat(path)
+    return FileInfo(path, entries, stat.st_size, stat.st_mtime)
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def expand_files(patterns: Iterable[str], *, where: str, redirector: str | None = None) -> list[str]:
+    """Paths from a mix of file names, globs and ``.txt`` lists of paths (``#`` comments allowed).
+
+    With a ``redirector``, logical file names (``/store/...``) that are not local files become
+    ``<redirector>//store/...`` URLs; URLs are passed on as they are.
+    """
     paths: list[str] = []
     for pattern in patterns:
-        if pattern.endswith(".txt"):
+        if redirector and pattern.startswith("/store/") and not os.path.exists(pattern):
+            pattern = f"{redirector.rstrip('/')}/{pattern}"
+        if _is_url(pattern):
+            paths.append(pattern)
+        elif pattern.endswith(".txt"):
             listing = Path(pattern)
             if not listing.is_file():
                 raise HepdaskError(f"Config key {where} names the file list {pattern}, which does not exist.")
             lines = (line.split("#", 1)[0].strip() for line in listing.read_text().splitlines())
-            paths += expand_files([line for line in lines if line], where=f"{where} ({pattern})")
+            paths += expand_files([line for line in lines if line], where=f"{where} ({pattern})",
+                                  redirector=redirector)
         elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern))
             if not matches:
@@ -229,62 +292,8 @@ def _open_tree(path: str, tree: str, sample: str) -> Iterator[uproot.TTree]:
         file.close()
 
 
-def _select_branches(ttree, patterns: Sequence[str], exclude: Sequence[str], path: str):
-    """Branches matching ``patterns`` minus ``exclude``, in tree order; non-numeric ones are noted."""
-    names = list(ttree.keys(recursive=False))
-    for pattern in patterns:
-        if not fnmatch.filter(names, pattern):
-            raise HepdaskError(_missing_branch(pattern, names, path, "features.branches"))
-    explicit = {p for p in patterns if not glob.has_magic(p)}
-    selected, notes = [], []
-    for name in names:
-        if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
-            continue
-        if any(fnmatch.fnmatchcase(name, p) for p in exclude):
-            continue
-        branch = _describe(ttree[name])
-        if branch is None:
-            typename = ttree[name].typename
-            if name in explicit:
-                raise HepdaskError(
-                    f"The branch {name!r} in {path} holds {typename}, which is not numeric and "
-                    "cannot be a feature: remove it from features.branches."
-                )
-            notes.append(f"Skipping branch {name!r} ({typename}): not numeric.")
-            continue
-        selected.append(branch)
-    if not selected:
-        raise HepdaskError(
-            f"features.branches {list(patterns)} minus features.exclude {list(exclude)} leaves "
-            f"no numeric branch in {path}."
-        )
-    return selected, notes
-
-
-def _describe(tbranch) -> Branch | None:
-    interp = tbranch.interpretation
-    if isinstance(interp, uproot.AsDtype) and interp.to_dtype.kind in "biuf" and not interp.to_dtype.shape:
-        return Branch(tbranch.name, interp.to_dtype.name, False, tbranch.name)
-    if isinstance(interp, uproot.AsJagged) and isinstance(interp.content, uproot.AsDtype):
-        dtype = interp.content.to_dtype
-        if dtype.kind in "biuf" and not dtype.shape:
-            counter = tbranch.count_branch
-            return Branch(tbranch.name, dtype.name, True, counter.name if counter is not None else tbranch.name)
-    return None
-
-
 def _check_branches(ttree, wanted: Sequence[str], path: str, key: str) -> None:
     names = set(ttree.keys(recursive=False))
     for name in wanted:
         if name not in names:
-            raise HepdaskError(_missing_branch(name, sorted(names), path, key))
-
-
-def _missing_branch(name: str, available: Sequence[str], path: str, key: str) -> str:
-    close = difflib.get_close_matches(name, available, n=3)
-    hint = f" Closest: {', '.join(close)}." if close else ""
-    shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
-    return (
-        f"The branch {name!r} (config key {key}) is not in {path}.{hint} Available branches: "
-        f"{shown}."
-    )
+            raise HepdaskError(missing_branch(name, sorted(names), path, key))

@@ -1,16 +1,20 @@
 """Test-split metrics and plots: ROC AUC, the HiggsML AMS, score and ROC curves, importances.
 
 Everything here works on NumPy arrays of the test split (scores, labels,
-weights: a few bytes per event), whichever engine produced the scores.
+weights: a few bytes per event), whichever engine produced the scores. Binary
+scores are the signal probability; with more than two classes there is one
+column per class, and the metrics are accuracy, one-vs-rest AUCs, log-loss and
+the confusion matrix (the AMS is a two-class figure).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from sklearn import metrics as skm
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .outputs import atomic_path
@@ -45,8 +49,8 @@ def ams_curve(scores: np.ndarray, y: np.ndarray, w: np.ndarray, class_totals: Ma
 
 def evaluate_scores(scores: np.ndarray, y: np.ndarray, w: np.ndarray, *,
                     class_totals: Mapping[int, float], b_reg: float = 10.0,
-                    top_fraction: float = 0.15) -> dict:
-    """Metrics of binary scores on the test split.
+                    top_fraction: float = 0.15, extra: Sequence[str] = ()) -> dict:
+    """Metrics of the scores on the test split, plus the ``extra`` ones named in the config.
 
     The AMS needs the weights of the test events scaled up to the full data
     set's totals per class (``class_totals``, label -> sum of weights), as in
@@ -55,8 +59,12 @@ def evaluate_scores(scores: np.ndarray, y: np.ndarray, w: np.ndarray, *,
     scores = np.asarray(scores, dtype=np.float64)
     y = np.asarray(y).astype(np.int64)
     w = np.asarray(w, dtype=np.float64)
+    if scores.ndim == 2:
+        return _evaluate_multiclass(scores, y, w, extra)
     metrics: dict = {"n_test": len(y), "n_signal": int((y == 1).sum()),
                      "n_background": int((y == 0).sum())}
+    if extra:
+        metrics.update(extra_metrics(extra, scores, y, w))
     if metrics["n_signal"] == 0 or metrics["n_background"] == 0:
         metrics["warning"] = "the test split holds one class only: no AUC or AMS"
         return metrics
@@ -73,6 +81,55 @@ def evaluate_scores(scores: np.ndarray, y: np.ndarray, w: np.ndarray, *,
                          "selected_fraction": (top + 1) / len(y)},
     }
     return metrics
+
+
+def _evaluate_multiclass(scores: np.ndarray, y: np.ndarray, w: np.ndarray,
+                         extra: Sequence[str]) -> dict:
+    n_classes = scores.shape[1]
+    metrics: dict = {"n_test": len(y), "n_classes": n_classes,
+                     "n_per_class": np.bincount(y, minlength=n_classes).tolist()}
+    if len(np.unique(y)) < n_classes:
+        metrics["warning"] = "the test split lacks some classes: no AUC"
+        return metrics
+    predicted = scores.argmax(axis=1)
+    metrics["accuracy"] = float(skm.accuracy_score(y, predicted))
+    metrics["accuracy_weighted"] = float(skm.accuracy_score(y, predicted, sample_weight=w))
+    metrics["auc"] = float(roc_auc_score(y, scores, multi_class="ovr", average="macro"))
+    metrics["auc_per_class"] = [float(roc_auc_score(y == k, scores[:, k]))
+                                for k in range(n_classes)]
+    metrics["confusion_matrix"] = skm.confusion_matrix(y, predicted,
+                                                       labels=range(n_classes)).tolist()
+    metrics.update(extra_metrics(extra, scores, y, w))
+    return metrics
+
+
+def extra_metrics(names: Sequence[str], scores: np.ndarray, y: np.ndarray,
+                  w: np.ndarray) -> dict:
+    """The metrics of ``evaluate.metrics``: class decisions at probability 0.5 (two classes,
+    or at 0 for decision-function scores) or by the largest probability; macro averages over
+    classes."""
+    probabilities = bool(scores.min() >= 0 and scores.max() <= 1)
+    if scores.ndim == 2:
+        predicted, average = scores.argmax(axis=1), "macro"
+    else:
+        predicted, average = (scores >= (0.5 if probabilities else 0.0)).astype(np.int64), "binary"
+    out: dict = {}
+    for name in names:
+        if name == "accuracy":
+            out[name] = skm.accuracy_score(y, predicted)
+        elif name == "auc":
+            continue  # always reported
+        elif name == "precision":
+            out[name] = skm.precision_score(y, predicted, average=average, zero_division=0)
+        elif name == "recall":
+            out[name] = skm.recall_score(y, predicted, average=average, zero_division=0)
+        elif name == "f1":
+            out[name] = skm.f1_score(y, predicted, average=average, zero_division=0)
+        elif name == "logloss" and probabilities:
+            labels = range(scores.shape[1]) if scores.ndim == 2 else [0, 1]
+            p = scores / scores.sum(axis=1, keepdims=True) if scores.ndim == 2 else scores
+            out[name] = skm.log_loss(y, p, sample_weight=w, labels=labels)
+    return {k: float(v) for k, v in out.items()}
 
 
 def plot_all(directory: str | Path, scores: np.ndarray, y: np.ndarray, w: np.ndarray,
@@ -96,6 +153,33 @@ def plot_all(directory: str | Path, scores: np.ndarray, y: np.ndarray, w: np.nda
         written.append(path)
 
     y = np.asarray(y).astype(int)
+    if np.ndim(scores) == 2:
+        _plot_multiclass(save, plt, scores, y, w, metrics, bins)
+    else:
+        _plot_binary(save, plt, scores, y, w, metrics, class_totals, bins)
+
+    if importance:
+        top = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:20][::-1]
+        fig, ax = plt.subplots(figsize=(6, 0.3 * len(top) + 1))
+        ax.barh([k for k, _ in top], [v for _, v in top])
+        ax.set(xlabel="total gain", title="Feature importance")
+        save(fig, "importance.png")
+
+    if history:
+        metrics_seen = sorted({m for h in history.values() for m in h})
+        fig, axes = plt.subplots(1, len(metrics_seen), figsize=(5 * len(metrics_seen), 3.5),
+                                 squeeze=False)
+        for ax, metric in zip(axes[0], metrics_seen, strict=True):
+            for split, values in history.items():
+                if metric in values:
+                    ax.plot(values[metric], label=split)
+            ax.set(xlabel="iteration", ylabel=metric)
+            ax.legend()
+        save(fig, "history.png")
+    return written
+
+
+def _plot_binary(save, plt, scores, y, w, metrics, class_totals, bins) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     edges = np.linspace(np.min(scores), np.max(scores), bins + 1)
     for label, name in ((0, "background"), (1, "signal")):
@@ -130,25 +214,30 @@ def plot_all(directory: str | Path, scores: np.ndarray, y: np.ndarray, w: np.nda
         ax.legend()
         save(fig, "ams.png")
 
-    if importance:
-        top = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:20][::-1]
-        fig, ax = plt.subplots(figsize=(6, 0.3 * len(top) + 1))
-        ax.barh([k for k, _ in top], [v for _, v in top])
-        ax.set(xlabel="total gain", title="Feature importance")
-        save(fig, "importance.png")
 
-    if history:
-        metrics_seen = sorted({m for h in history.values() for m in h})
-        fig, axes = plt.subplots(1, len(metrics_seen), figsize=(5 * len(metrics_seen), 3.5),
-                                 squeeze=False)
-        for ax, metric in zip(axes[0], metrics_seen, strict=True):
-            for split, values in history.items():
-                if metric in values:
-                    ax.plot(values[metric], label=split)
-            ax.set(xlabel="iteration", ylabel=metric)
-            ax.legend()
-        save(fig, "history.png")
-    return written
+def _plot_multiclass(save, plt, scores, y, w, metrics, bins) -> None:
+    n_classes = scores.shape[1]
+    fig, axes = plt.subplots(1, n_classes, figsize=(4 * n_classes, 3.5), squeeze=False)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for k, ax in enumerate(axes[0]):
+        for label in range(n_classes):
+            sel = y == label
+            ax.hist(scores[sel, k], bins=edges, weights=w[sel], density=True, histtype="step",
+                    lw=1.5, label=f"class {label}")
+        ax.set(xlabel=f"P(class {k})", ylabel="density", yscale="log")
+        ax.legend()
+    fig.suptitle("Test scores by true class (weighted)")
+    save(fig, "scores.png")
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for k in range(n_classes):
+        fpr, tpr, _ = roc_curve(y == k, scores[:, k])
+        auc = metrics.get("auc_per_class", [float("nan")] * n_classes)[k]
+        ax.plot(fpr, tpr, label=f"class {k} vs rest, AUC = {auc:.4f}")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
+    ax.legend(loc="lower right")
+    save(fig, "roc.png")
 
 
 def summary(metrics: Mapping, run_dir: str | Path) -> str:
@@ -159,7 +248,11 @@ def summary(metrics: Mapping, run_dir: str | Path) -> str:
         lines.append(f"Data: {data.get('dataset', '')} {data['source']}".replace("  ", " "))
     lines.append(f"Events: {metrics.get('n_train', 0)} train, {metrics.get('n_validation', 0)} "
                  f"validation, {metrics['n_test']} test; {metrics.get('features', '?')} features")
-    if "auc" in metrics:
+    if "n_classes" in metrics and "auc" in metrics:
+        lines.append(f"{metrics['n_classes']} classes: accuracy {metrics['accuracy']:.4f}, "
+                     f"one-vs-rest AUC {metrics['auc']:.4f} (per class "
+                     + ", ".join(f"{a:.3f}" for a in metrics["auc_per_class"]) + ")")
+    elif "auc" in metrics:
         a = metrics["ams"]
         lines += [
             f"ROC AUC: {metrics['auc']:.4f} (weighted {metrics['auc_weighted']:.4f})",

@@ -1,10 +1,14 @@
 """Fixed-width float32 feature matrices, one per partition, as dask arrays.
 
-Flat branches become one column each. A jagged branch becomes ``pad`` columns
-(the first ``pad`` elements, padded with NaN and clipped), and each jagged
-collection (branches sharing a counter such as ``NJet``) gets one 0/1 mask
-column per slot. Values are normalised with the specs; NaN, ±inf and the
-sentinel become NaN, which tree learners treat as missing.
+Flat branches become one column each. The jagged branches of a collection
+(``Jet_pt``, ``Jet_eta``, ...) become ``pad`` columns each: the first ``pad``
+objects (after the object selection and ordering), padded with NaN. The pad
+length is set per collection: a number, ``"max"`` or a percentile of the
+multiplicity such as ``"q99"`` (from the specs). Each collection also gets a
+column with its number of objects (``Jet.n``) and one 0/1 mask column per slot
+(``Jet.mask[i]``). Values are normalised with the specs, per element for
+jagged branches; NaN, ±inf and the sentinel become NaN, which tree learners
+treat as missing.
 
 Every event is assigned to train, validation or test by a hash of (split
 seed, sample, file, entry), so the split does not depend on the partitioning.
@@ -12,7 +16,6 @@ seed, sample, file, entry), so the split does not depend on the partitioning.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -21,36 +24,40 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .config import FeaturesConfig, SplitConfig
-from .dataset import Dataset, Partition
-from .specs import Specs
+from .config import FeaturesConfig, SplitConfig, pad_quantile
+from .dataset import Dataset, Partition, split_codes
+from .preprocess import Events
+from .specs import BranchSpec, Specs
 
 __all__ = ["Column", "Features", "Layout", "SplitArrays", "build_features", "make_layout",
-           "split_codes"]
+           "partition_matrix", "resolve_pad"]
 
 SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
 class Column:
-    """How one block of output columns is made from one branch (or one collection's masks)."""
+    """How one block of output columns is made from one branch (or one collection)."""
 
-    branch: str  # the branch; for a mask, the first branch of the collection
-    kind: str  # "flat", "jagged" or "mask"
-    width: int  # 1 for flat; pad length otherwise
+    branch: str  # the branch; for "count" and "mask", the collection's first feature branch
+    kind: str  # "flat", "jagged", "count" (objects per event) or "mask" (0/1 per slot)
+    width: int  # 1 for flat and count; the pad length otherwise
     shift: float = 0.0  # x -> (x - shift) * scale
     scale: float = 1.0
+    collection: str = ""  # jagged, count and mask: the collection
 
-    def names(self, collection: str = "") -> list[str]:
+    def names(self) -> list[str]:
         if self.kind == "flat":
             return [self.branch]
-        base = f"{collection}.mask" if self.kind == "mask" else self.branch
+        if self.kind == "count":
+            return [f"{self.collection}.n"]
+        base = f"{self.collection}.mask" if self.kind == "mask" else self.branch
         return [f"{base}[{i}]" for i in range(self.width)]
 
 
 @dataclass(frozen=True)
 class Layout:
-    """The feature transformation: enough to rebuild the same matrix from raw branches."""
+    """The feature transformation: enough to rebuild the same matrix from the feature branches."""
 
     columns: tuple[Column, ...]
     names: tuple[str, ...]
@@ -66,29 +73,40 @@ class Layout:
                 "columns": [asdict(c) for c in self.columns]}
 
 
+def resolve_pad(pad: int | str, spec: BranchSpec) -> int:
+    """Slots kept for a collection: ``pad`` itself, the largest multiplicity, or a percentile."""
+    if isinstance(pad, int):
+        return pad
+    q = pad_quantile(pad)
+    wanted = spec.multiplicity_quantile(q) if q is not None else spec.max_multiplicity
+    return max(1, wanted)
+
+
 def make_layout(dataset: Dataset, specs: Specs, config: FeaturesConfig) -> Layout:
     """Decide the columns, pad lengths and normalisation constants from the specs."""
-    pads: dict[str, int] = {}
-    for branch in dataset.branches:
-        if branch.jagged:
-            wanted = specs[branch.name].max_multiplicity if config.pad == "max" else config.pad
-            pads[branch.collection] = max(pads.get(branch.collection, 1), int(wanted))
-    columns, names, masked = [], [], set()
+    columns: list[Column] = []
+    seen: set[str] = set()
     for branch in dataset.branches:
         spec = specs[branch.name]
         shift, scale = _normalisation(spec.min, spec.max, spec.mean, spec.std, config.normalize)
-        if branch.jagged:
-            column = Column(branch.name, "jagged", pads[branch.collection], shift, scale)
-        else:
-            column = Column(branch.name, "flat", 1, shift, scale)
-        columns.append(column)
-        names += column.names()
-        if branch.jagged and branch.collection not in masked:
-            masked.add(branch.collection)
-            mask = Column(branch.name, "mask", pads[branch.collection])
-            columns.append(mask)
-            names += mask.names(branch.collection)
-    return Layout(tuple(columns), tuple(names), dataset.sentinel, config.normalize)
+        if not branch.jagged:
+            columns.append(Column(branch.name, "flat", 1, shift, scale))
+            continue
+        collection = config.collections.get(branch.collection)
+        pad = resolve_pad(collection.pad if collection and collection.pad is not None
+                          else config.pad, spec)
+        if branch.collection not in seen:
+            seen.add(branch.collection)
+            if collection is None or collection.multiplicity:
+                mean, std = spec.multiplicity_moments()
+                lo, hi = 0.0, float(spec.max_multiplicity)
+                n_shift, n_scale = _normalisation(lo, hi, mean, std, config.normalize)
+                columns.append(Column(branch.name, "count", 1, n_shift, n_scale, branch.collection))
+            if collection is None or collection.mask:
+                columns.append(Column(branch.name, "mask", pad, collection=branch.collection))
+        columns.append(Column(branch.name, "jagged", pad, shift, scale, branch.collection))
+    names = tuple(name for column in columns for name in column.names())
+    return Layout(tuple(columns), names, dataset.sentinel, config.normalize)
 
 
 def _normalisation(lo: float, hi: float, mean: float, std: float, how: str) -> tuple[float, float]:
@@ -99,47 +117,66 @@ def _normalisation(lo: float, hi: float, mean: float, std: float, how: str) -> t
     return 0.0, 1.0
 
 
-def partition_matrix(events: ak.Array, layout: Layout) -> np.ndarray:
-    """The (n_events, width) float32 feature matrix of one partition, vectorised."""
-    out = np.empty((len(events), layout.width), dtype=np.float32)
+def partition_matrix(values: dict, layout: Layout, out: np.ndarray | None = None) -> np.ndarray:
+    """The (n_events, width) float32 feature matrix of one partition, vectorised.
+
+    ``values`` maps each feature branch to its (flat or jagged) awkward array. The slots of a
+    collection are gathered with one index computed per collection, not one ``pad_none`` per
+    branch; each block is normalised in place. ``out`` may be given (e.g. a column-major
+    array, where every block is contiguous).
+    """
+    n = len(next(iter(values.values()))) if values else 0
+    if out is None:
+        out = np.empty((n, layout.width), dtype=np.float32, order="F")
+    slots: dict[tuple[str, int], _Slots] = {}
     at = 0
     for column in layout.columns:
-        values = events[column.branch]
-        if column.kind == "mask":
-            counts = ak.to_numpy(ak.num(values, axis=1))
-            block = np.arange(column.width) < counts[:, None]
-        else:
-            if column.kind == "jagged":
-                values = ak.fill_none(ak.pad_none(values, column.width, axis=1, clip=True), np.nan)
-            block = ak.to_numpy(values).astype(np.float32).reshape(len(events), column.width)
-            bad = ~np.isfinite(block)
-            if layout.sentinel is not None:
-                bad |= block == np.float32(layout.sentinel)
-            block = (block - np.float32(column.shift)) * np.float32(column.scale)
-            block[bad] = np.nan
-        out[:, at: at + column.width] = block
+        values_of = values[column.branch]
+        block = out[:, at: at + column.width]
         at += column.width
+        if column.kind == "flat":
+            block[:, 0] = ak.to_numpy(ak.fill_none(values_of, np.nan))
+        else:
+            key = (column.collection, column.width)
+            if key not in slots:
+                slots[key] = _Slots(ak.to_numpy(ak.num(values_of, axis=1)), column.width)
+            where = slots[key]
+            if column.kind == "mask":
+                block[...] = where.valid
+                continue
+            if column.kind == "count":
+                block[:, 0] = where.counts
+            else:
+                where.gather(ak.to_numpy(ak.flatten(values_of, axis=1)), block)
+        sentinel = None
+        if layout.sentinel is not None and column.kind != "count":
+            sentinel = block == np.float32(layout.sentinel)
+        if column.shift or column.scale != 1.0:
+            block -= np.float32(column.shift)
+            block *= np.float32(column.scale)
+        if sentinel is not None:
+            block[sentinel] = np.nan
+        block[np.isinf(block)] = np.nan
     return out
 
 
-def split_codes(partition: Partition, config: SplitConfig) -> np.ndarray:
-    """0 (train), 1 (validation) or 2 (test) for each entry of ``partition``.
+class _Slots:
+    """Where the first ``pad`` objects of each event sit in the collection's flat content."""
 
-    A SplitMix64 hash of the entry number, keyed by (seed, sample, file),
-    mapped to [0, 1): the same event always lands in the same split.
-    """
-    digest = hashlib.blake2b(
-        f"{config.seed}\0{partition.sample}\0{partition.file}".encode(), digest_size=8
-    ).digest()
-    key = np.uint64(int.from_bytes(digest, "little"))
-    entries = np.arange(partition.start, partition.stop, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = key + (entries + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
-    uniform = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    return np.searchsorted([config.train, config.train + config.validation], uniform, side="right")
+    def __init__(self, counts: np.ndarray, pad: int):
+        self.counts = counts
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.valid = np.arange(pad) < counts[:, None]
+        self.missing = ~self.valid
+        self.index = np.where(self.valid, starts[:, None] + np.arange(pad), 0)
+
+    def gather(self, content: np.ndarray, out: np.ndarray) -> None:
+        """Fill ``out`` with the slots' values, NaN where an event has fewer objects."""
+        if len(content):
+            out[...] = content[self.index]
+            out[self.missing] = np.nan
+        else:
+            out[...] = np.nan
 
 
 @dataclass
@@ -193,24 +230,23 @@ class Features:
                                        for s, matrix in zip(SPLITS, done, strict=True)))
 
 
-def build_features(dataset: Dataset, layout: Layout, split: SplitConfig, *,
+def build_features(dataset: Dataset, layout: Layout, specs: Specs, *,
                    events: dict[str, list] | None = None) -> Features:
     """Lazy feature arrays for every split; nothing is read until they are computed.
 
-    ``events`` are partitions already read by :meth:`Dataset.read`; by default they are read
-    when the arrays are computed.
+    The specs give the number of selected events of each partition in each split, so every
+    block's shape is known up front. ``events`` are partitions already read by
+    :meth:`Dataset.read`; by default they are read when the arrays are computed.
     """
     width = layout.width
     blocks: dict[str, list[list[da.Array]]] = {s: [] for s in SPLITS}
     block_samples: dict[str, list[str]] = {s: [] for s in SPLITS}
     for sample in dataset.samples:
         parts = events[sample.name] if events is not None else sample.partitions_delayed()
-        for partition, part in zip(sample.partitions, parts, strict=True):
-            counts = np.bincount(split_codes(partition, split), minlength=3)
-            task = dask.delayed(_partition_block, pure=True)(
-                part, layout, partition, split, sample.config.label, sample.config.weight
-            )
-            full = da.from_delayed(task, shape=(partition.size, width + 2), dtype=np.float32)
+        for partition, part, counts in zip(sample.partitions, parts, specs.partitions[sample.name],
+                                           strict=True):
+            task = dask.delayed(_partition_block, pure=True)(part, layout, partition, dataset.split)
+            full = da.from_delayed(task, shape=(sum(counts), width + 2), dtype=np.float32)
             edges = np.concatenate([[0], np.cumsum(counts)])
             for i, name in enumerate(SPLITS):
                 if counts[i]:  # dask drops empty chunks when concatenating
@@ -224,13 +260,12 @@ def build_features(dataset: Dataset, layout: Layout, split: SplitConfig, *,
     return Features(layout, out["train"], out["validation"], out["test"])
 
 
-def _partition_block(events: ak.Array, layout: Layout, partition: Partition, split: SplitConfig,
-                     label: int, weight: str | None) -> np.ndarray:
+def _partition_block(events: Events, layout: Layout, partition: Partition,
+                     split: SplitConfig) -> np.ndarray:
     """Features, label and weight of one partition, rows grouped train | validation | test."""
-    n = len(events)
-    block = np.empty((n, layout.width + 2), dtype=np.float32)
-    block[:, : layout.width] = partition_matrix(events, layout)
-    block[:, layout.width] = label
-    block[:, layout.width + 1] = ak.to_numpy(events[weight]) if weight else 1.0
-    order = np.argsort(split_codes(partition, split), kind="stable")
-    return block[order]
+    block = np.empty((len(events), layout.width + 2), dtype=np.float32, order="F")
+    partition_matrix(events.values, layout, out=block[:, : layout.width])
+    block[:, layout.width] = events.label
+    block[:, layout.width + 1] = events.weight
+    order = np.argsort(split_codes(partition, split, entries=events.entry), kind="stable")
+    return np.ascontiguousarray(block[order])

@@ -61,7 +61,8 @@ class Pipeline:
         self._features: Features | None = None
         self._model = None  # XGBoostModel, KerasModel or SklearnModel
         self._reads: dict[str, list] | None = None  # partitions held for the specs and features
-        self._check_labels()
+        # written to <run>/config.toml: the config file, or the TOML of a converted workflow
+        self.config_text: str | None = Path(config.source).read_text() if config.source else None
 
     @classmethod
     def from_config(cls, path: str | Path, *, overrides: Sequence[str] = (),
@@ -123,9 +124,9 @@ class Pipeline:
         """Lazy float32 feature arrays of the train, validation and test splits."""
         if self._features is None:
             specs = self.specs(client=client, keep_reads=keep_reads)
+            _check_classes(specs, self.config)
             layout = make_layout(self.dataset(), specs, self.config.features)
-            self._features = build_features(self.dataset(), layout, self.config.split,
-                                            events=self._reads)
+            self._features = build_features(self.dataset(), layout, specs, events=self._reads)
             log.info("Features: %d columns; %d train, %d validation, %d test events",
                      layout.width, len(self._features.train), len(self._features.validation),
                      len(self._features.test))
@@ -147,22 +148,22 @@ class Pipeline:
                 wait([features[s].matrix for s in SPLITS])
                 self._reads = None  # the features hold what training needs; free the raw reads
             with self._timed("train"):
-                self._model = train_xgboost(client, features, self.config.train.xgboost)
+                self._model = train_xgboost(client, features, self.config.train.xgboost,
+                                            self.specs().n_classes)
         else:
             features = self.features(client=client)
-            labels = {s.name: s.label for s in self.config.samples}
             train = self.config.train
             with self._timed("train"):
                 if engine == "keras":
                     from .train.keras import train_keras
 
-                    self._model = train_keras(client, features, self.specs(), labels, train.keras,
+                    self._model = train_keras(client, features, self.specs(), train.keras,
                                               train.stream, self.run_dir, resume=resume)
                 else:
                     from .train.sklearn import train_sklearn
 
-                    self._model = train_sklearn(client, features, self.specs(), labels,
-                                                train.sklearn, train.stream)
+                    self._model = train_sklearn(client, features, self.specs(), train.sklearn,
+                                                train.stream)
             write_json(self.run_dir / "history.json", self._model.history)
         self._model.save(self.run_dir)
         write_json(self.run_dir / "features.json", features.layout.to_dict())
@@ -177,7 +178,7 @@ class Pipeline:
             totals = self._class_totals()
             cfg = self.config.evaluate
             metrics = ev.evaluate_scores(scores, y, w, class_totals=totals, b_reg=cfg.ams_breg,
-                                         top_fraction=cfg.top_fraction)
+                                         top_fraction=cfg.top_fraction, extra=cfg.metrics)
             ev.plot_all(self.run_dir, scores, y, w, metrics, model.importance(), model.history,
                         class_totals=totals, bins=cfg.bins)
         metrics.update({
@@ -187,6 +188,8 @@ class Pipeline:
             "best_iteration": model.best_iteration,
             "features": len(model.feature_names),
             "data": self.data_source or {"source": "config files"},
+            "selection": {name: {"read": s.read, "selected": s.events}
+                          for name, s in self.specs().samples.items()},
             "specs_reused": self.specs_reused,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         })
@@ -197,8 +200,8 @@ class Pipeline:
         """Every step, writing the whole run directory; returns the metrics."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with _log_to(self.run_dir / "run.log"):
-            if self.config.source:
-                write_text(self.run_dir / "config.toml", Path(self.config.source).read_text())
+            if self.config_text is not None:
+                write_text(self.run_dir / "config.toml", self.config_text)
             write_json(self.run_dir / "config.resolved.json", self.config.to_dict())
             self.specs(client=client)
             self.train(client=client, resume=resume)
@@ -220,26 +223,27 @@ class Pipeline:
         return client
 
     def _class_totals(self) -> dict[int, float]:
-        """Sum of weights per label over all splits, from the specs."""
-        totals = {0: 0.0, 1: 0.0}
-        for sample in self.config.samples:
-            totals[sample.label] = totals.get(sample.label, 0.0) + \
-                self.specs().samples[sample.name].weight_sum
-        return totals
-
-    def _check_labels(self) -> None:
-        labels = {s.label for s in self.config.samples}
-        if labels != {0, 1}:
-            raise HepdaskError(
-                f"The samples have labels {sorted(labels)}: a binary classifier needs samples "
-                "labelled 0 (background) and 1 (signal). Set each sample's 'label' key."
-            )
+        """Sum of weights per class over all splits (after the selection), from the specs."""
+        return {label: spec.weight_sum for label, spec in self.specs().classes.items()}
 
     @contextlib.contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
         yield
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+
+
+def _check_classes(specs: Specs, config: Config) -> None:
+    """Every class 0 .. n-1 must have selected events, and there must be at least two."""
+    present = sorted(specs.classes)
+    if len(present) < 2 or present != list(range(len(present))):
+        labels = {s.name: s.label for s in config.samples}
+        raise HepdaskError(
+            f"The selected events have the classes {present} (sample labels: {labels}); a "
+            "classifier needs events of at least two classes, numbered 0, 1, 2, ... without "
+            "gaps (0 = background and 1 = signal for two). Check the samples' 'label' keys and "
+            "that the selection keeps events of every class."
+        )
 
 
 @contextlib.contextmanager

@@ -6,6 +6,11 @@ sentinel), min, max, mean and M2 (sum of squared deviations), and for jagged
 branches the multiplicity histogram. Partial summaries are merged pairwise
 in a tree with Chan et al.'s parallel formula, so the mean and std are as
 exact as a one-process NumPy computation, whatever the partitioning.
+
+The statistics are of the events and objects that pass the selections. The
+same pass counts, per sample, the events read and kept (a cut flow), per class
+the events and weights, and per partition the kept events of each split, which
+fixes the shape of every feature block before any feature is computed.
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ import awkward as ak
 import dask
 import numpy as np
 
-from .dataset import Branch, Dataset
+from .config import SplitConfig
+from .dataset import Dataset, Partition, split_codes
 from .errors import HepdaskError
 from .outputs import write_json
+from .preprocess import Branch, Events
 
-__all__ = ["BranchSpec", "SampleSpec", "Specs", "cached_specs", "compute_specs",
+__all__ = ["BranchSpec", "ClassSpec", "SampleSpec", "Specs", "cached_specs", "compute_specs",
            "load_or_compute_specs"]
 
-SPECS_VERSION = 1
+SPECS_VERSION = 2
 
 
 @dataclass
@@ -65,6 +72,23 @@ class BranchSpec:
     def max_multiplicity(self) -> int:
         return len(self.multiplicity) - 1 if self.multiplicity else 0
 
+    def multiplicity_quantile(self, q: float) -> int:
+        """The smallest multiplicity that ``q`` of the events do not exceed (inverted CDF)."""
+        counts = np.asarray(self.multiplicity, dtype=np.float64)
+        if not counts.sum():
+            return 0
+        cdf = np.cumsum(counts) / counts.sum()
+        return int(np.searchsorted(cdf, q - 1e-12))
+
+    def multiplicity_moments(self) -> tuple[float, float]:
+        """Mean and standard deviation of the number of objects per event."""
+        counts = np.asarray(self.multiplicity, dtype=np.float64)
+        if not counts.sum():
+            return 0.0, 0.0
+        n = np.arange(len(counts))
+        mean = float((n * counts).sum() / counts.sum())
+        return mean, float(np.sqrt((np.square(n - mean) * counts).sum() / counts.sum()))
+
     def merge(self, other: BranchSpec) -> BranchSpec:
         """Combine the statistics of two disjoint sets of events."""
         na, nb = self.valid, other.valid
@@ -100,21 +124,41 @@ class BranchSpec:
 
 @dataclass
 class SampleSpec:
+    """The cut flow of one sample: events read, events kept and their total weight."""
+
+    events: int = 0  # kept by the event selection
+    weight_sum: float = 0.0  # of the kept events
+    read: int = 0
+
+    def merge(self, other: SampleSpec) -> SampleSpec:
+        return SampleSpec(self.events + other.events, self.weight_sum + other.weight_sum,
+                          self.read + other.read)
+
+
+@dataclass
+class ClassSpec:
     events: int = 0
     weight_sum: float = 0.0
 
-    def merge(self, other: SampleSpec) -> SampleSpec:
-        return SampleSpec(self.events + other.events, self.weight_sum + other.weight_sum)
+    def merge(self, other: ClassSpec) -> ClassSpec:
+        return ClassSpec(self.events + other.events, self.weight_sum + other.weight_sum)
 
 
 @dataclass
 class Specs:
-    """Statistics of every feature branch over all samples, plus event and weight totals per sample."""
+    """Statistics of every feature branch over all samples, with the cut flow of each sample,
+    the events and weights of each class, and the kept events per partition and split."""
 
     fingerprint: str
     branches: dict[str, BranchSpec]
     samples: dict[str, SampleSpec]
+    classes: dict[int, ClassSpec] = field(default_factory=dict)
+    partitions: dict[str, list[list[int]]] = field(default_factory=dict)  # sample -> [tr, va, te]
     created: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        return max(self.classes) + 1 if self.classes else 0
 
     def __getitem__(self, name: str) -> BranchSpec:
         return self.branches[name]
@@ -125,7 +169,9 @@ class Specs:
             "fingerprint": self.fingerprint,
             "created": self.created,
             "samples": {k: asdict(v) for k, v in self.samples.items()},
+            "classes": {str(k): asdict(v) for k, v in sorted(self.classes.items())},
             "branches": {k: v.to_dict() for k, v in self.branches.items()},
+            "partitions": self.partitions,
         })
 
     @classmethod
@@ -138,6 +184,8 @@ class Specs:
                 fingerprint=data["fingerprint"],
                 branches={k: BranchSpec.from_dict(v) for k, v in data["branches"].items()},
                 samples={k: SampleSpec(**v) for k, v in data["samples"].items()},
+                classes={int(k): ClassSpec(**v) for k, v in data["classes"].items()},
+                partitions=data["partitions"],
                 created=data.get("created", ""),
             )
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -157,9 +205,12 @@ class Specs:
                 f"{b.missing:>9} {b.min:>11.4g} {b.max:>11.4g} {b.mean:>11.4g} {b.std:>11.4g} "
                 f"{b.max_multiplicity if b.jagged else '':>5}"
             )
-        totals = ", ".join(f"{k}: {v.events} events, weights {v.weight_sum:.6g}"
-                           for k, v in self.samples.items())
-        return "\n".join([*rows, "", f"Samples: {totals}"])
+        flow = [f"  {k}: {v.read} read, {v.events} selected ({v.events / v.read:.1%}), "
+                f"weights {v.weight_sum:.6g}" if v.read else f"  {k}: no events"
+                for k, v in self.samples.items()]
+        classes = ", ".join(f"{k}: {v.events} events, weights {v.weight_sum:.6g}"
+                            for k, v in sorted(self.classes.items()))
+        return "\n".join([*rows, "", "Samples:", *flow, f"Classes: {classes}"])
 
 
 def compute_specs(dataset: Dataset, *, client=None, events: dict[str, list] | None = None) -> Specs:
@@ -170,17 +221,21 @@ def compute_specs(dataset: Dataset, *, client=None, events: dict[str, list] | No
     partials = []
     for sample in dataset.samples:
         parts = events[sample.name] if events is not None else sample.partitions_delayed()
-        for part in parts:
+        for index, (partition, part) in enumerate(zip(sample.partitions, parts, strict=True)):
             partials.append(dask.delayed(_partition_specs)(
-                part, dataset.branches, dataset.sentinel, sample.name, sample.config.weight
+                part, dataset.branches, dataset.sentinel, partition, index, dataset.split
             ))
-    (branches, samples), = dask.compute(_tree_merge(partials), scheduler=client)
+    (branches, samples, classes, partitions), = dask.compute(_tree_merge(partials),
+                                                              scheduler=client)
     for sample in dataset.samples:
         samples.setdefault(sample.name, SampleSpec())
     return Specs(
         fingerprint=dataset.fingerprint(),
         branches=branches,
         samples=samples,
+        classes=classes,
+        partitions={s.name: [partitions[(s.name, i)] for i in range(len(s.partitions))]
+                    for s in dataset.samples},
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
 
@@ -205,20 +260,31 @@ def load_or_compute_specs(dataset: Dataset, path: str | Path, *, client=None) ->
     return specs, False
 
 
-def _partition_specs(events: ak.Array, branches: Iterable[Branch], sentinel: float | None,
-                     sample: str, weight: str | None):
+def _partition_specs(events: Events, branches: Iterable[Branch], sentinel: float | None,
+                     partition: Partition, index: int, split: SplitConfig):
     """Summarise one partition: the map step of the specs reduction."""
     out = {}
     for branch in branches:
-        column = events[branch.name]
+        column = events.values[branch.name]
         multiplicity = []
         if branch.jagged:
             multiplicity = np.bincount(ak.to_numpy(ak.num(column, axis=1))).tolist()
             column = ak.flatten(column, axis=1)
         out[branch.name] = _summarise(branch, ak.to_numpy(column), sentinel, multiplicity)
-    weights = (ak.to_numpy(events[weight]).astype(np.float64) if weight
-               else np.ones(len(events)))
-    return out, {sample: SampleSpec(len(events), float(weights.sum()))}
+    sample = {partition.sample: SampleSpec(len(events), float(events.weight.sum()), events.read)}
+    classes = {
+        int(label): ClassSpec(int(n), float(w))
+        for label, n, w in zip(*_class_sums(events.label, events.weight), strict=True)
+    }
+    codes = split_codes(partition, split, entries=events.entry)
+    counts = {(partition.sample, index): np.bincount(codes, minlength=3).tolist()}
+    return out, sample, classes, counts
+
+
+def _class_sums(labels: np.ndarray, weights: np.ndarray):
+    present, inverse = np.unique(labels, return_inverse=True)
+    return (present, np.bincount(inverse, minlength=len(present)),
+            np.bincount(inverse, weights=weights, minlength=len(present)))
 
 
 def _summarise(branch: Branch, values: np.ndarray, sentinel: float | None,
@@ -240,13 +306,18 @@ def _summarise(branch: Branch, values: np.ndarray, sentinel: float | None,
 
 
 def _merge_pair(a, b):
-    branches_a, samples_a = a
-    branches_b, samples_b = b
+    branches_a, samples_a, classes_a, partitions_a = a
+    branches_b, samples_b, classes_b, partitions_b = b
     branches = {k: branches_a[k].merge(branches_b[k]) for k in branches_a}
-    samples = dict(samples_a)
-    for name, spec in samples_b.items():
-        samples[name] = samples[name].merge(spec) if name in samples else spec
-    return branches, samples
+    return branches, _merge_dict(samples_a, samples_b), _merge_dict(classes_a, classes_b), \
+        {**partitions_a, **partitions_b}
+
+
+def _merge_dict(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, spec in b.items():
+        out[key] = out[key].merge(spec) if key in out else spec
+    return out
 
 
 def _tree_merge(partials: list, fan_in: int = 8):

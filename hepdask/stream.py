@@ -12,7 +12,7 @@ so any batch can be rebuilt in any order and a resumed run sees the same ones.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import dask
@@ -54,23 +54,15 @@ class Transform:
         return X, y.astype(np.float32), (w * scale).astype(np.float32)
 
 
-def make_transform(layout: Layout, specs: Specs, labels: Mapping[str, int],
-                   config: StreamConfig) -> Transform:
-    """The transform for these features, with class totals taken from the specs.
-
-    ``labels`` maps sample names to their class label.
-    """
+def make_transform(layout: Layout, specs: Specs, config: StreamConfig) -> Transform:
+    """The transform for these features, with the class totals taken from the specs."""
     indicators = ()
     if config.missing_indicators:
         indicators = tuple(i for i, (name, column) in enumerate(_flat_columns(layout))
                            if column is not None and specs[name].missing > 0)
-    events: dict[int, float] = {}
-    weights: dict[int, float] = {}
-    for sample, label in labels.items():
-        spec = specs.samples[sample]
-        events[label] = events.get(label, 0) + spec.events
-        weights[label] = weights.get(label, 0.0) + (spec.weight_sum if config.use_weights
-                                                    else spec.events)
+    events = {c: spec.events for c, spec in specs.classes.items()}
+    weights = {c: spec.weight_sum if config.use_weights else spec.events
+               for c, spec in specs.classes.items()}
     total = sum(events.values())
     if config.balance_classes:
         scale = {c: total / (len(events) * weights[c]) if weights[c] > 0 else 1.0 for c in events}
@@ -248,13 +240,15 @@ def predict_split(client, features: Features, split: str, transform: Transform, 
                          shuffle=False)
     scores, labels, weights = [], [], []
     for X, y, w in stream.epoch():
-        scores.append(np.asarray(predict(X), dtype=np.float64).reshape(len(y)))
+        scores.append(np.asarray(predict(X), dtype=np.float64).reshape(len(y), -1))
         labels.append(y)
         weights.append(w)
     stream.release()
     if not scores:
         return np.empty(0), np.empty(0, np.float32), np.empty(0, np.float32)
-    return np.concatenate(scores), np.concatenate(labels), np.concatenate(weights)
+    scores = np.concatenate(scores)
+    return (scores[:, 0] if scores.shape[1] == 1 else scores), np.concatenate(labels), \
+        np.concatenate(weights)
 
 
 class StreamedModel:
@@ -262,7 +256,10 @@ class StreamedModel:
     and ``stream`` (the :class:`~hepdask.config.StreamConfig`)."""
 
     def scores(self, client, features: Features, split: str = "test"):
-        """(scores, labels, weights) of ``split``, streamed through ``predict``."""
+        """(scores, labels, weights) of ``split``, streamed through ``predict``.
+
+        Scores are the signal probability for two classes, one column per class otherwise.
+        """
         return predict_split(client, features, split, self.transform, self.predict,
                              batch_size=max(self.stream.batch_size, 10_000),
                              prefetch=self.stream.prefetch)

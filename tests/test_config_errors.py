@@ -88,7 +88,7 @@ def test_missing_branch_suggests(toy_data):
     assert "sig_0.root" in text
     raw = good(toy_data["dir"])
     raw["samples"][1]["weight"] = "wieght"
-    with pytest.raises(HepdaskError, match=r"samples.b.weight.*Closest: weight"):
+    with pytest.raises(HepdaskError, match=r"samples.b.weight: unknown name 'wieght'. Did you mean 'weight'"):
         open_dataset(from_dict(raw))
 
 

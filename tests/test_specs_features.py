@@ -9,8 +9,8 @@ import uproot
 from conftest import shared_file, toy_config
 
 from hepdask.config import from_dict, load_config
-from hepdask.dataset import open_dataset
-from hepdask.features import build_features, make_layout, partition_matrix, split_codes
+from hepdask.dataset import open_dataset, split_codes
+from hepdask.features import build_features, make_layout, partition_matrix
 from hepdask.specs import Specs, compute_specs, load_or_compute_specs
 
 
@@ -55,7 +55,8 @@ def test_specs_match_numpy_on_hzz(client):
     dataset = open_dataset(config)
     specs = compute_specs(dataset, client=client)
     names = [b.name for b in dataset.branches]
-    assert {"Jet_Px", "Jet_ID", "Muon_Charge", "MET_px", "NJet"} <= set(names)
+    assert {"Jet_Px", "Jet_ID", "Muon_Charge", "MET_px"} <= set(names)
+    assert "NJet" not in names  # the column Jet.n replaces the counter
     arrays = uproot.open(dataset.samples[0].files[0].path)["events"].arrays(names)
     check_specs(specs, {n: arrays[n] for n in names})
     weights = uproot.open(dataset.samples[0].files[0].path)["events"]["EventWeight"].array(library="np")
@@ -92,20 +93,21 @@ def test_hzz_jets_padded_clipped_and_masked(client):
     dataset = open_dataset(config)
     specs = compute_specs(dataset, client=client)
     layout = make_layout(dataset, specs, config.features)
-    assert layout.names == ("Jet_Px[0]", "Jet_Px[1]", "NJet.mask[0]", "NJet.mask[1]",
+    assert layout.names == ("Jet.n", "Jet.mask[0]", "Jet.mask[1]", "Jet_Px[0]", "Jet_Px[1]",
                             "Jet_ID[0]", "Jet_ID[1]", "MET_px")
     events = uproot.open(dataset.samples[0].files[0].path)["events"].arrays(
         ["Jet_Px", "Jet_ID", "MET_px"], entry_stop=5)
     # By hand, from the file: event 0 no jet, 1 one jet, 3 three jets (clipped to 2), 4 two jets.
     px = events["Jet_Px"].tolist()
     assert [len(j) for j in px] == [0, 1, 0, 3, 2]
-    m = partition_matrix(events, layout)
+    m = partition_matrix({n: events[n] for n in events.fields}, layout)
     nan = np.nan
-    np.testing.assert_array_equal(m[:, 0], np.float32([nan, px[1][0], nan, px[3][0], px[4][0]]))
-    np.testing.assert_array_equal(m[:, 1], np.float32([nan, nan, nan, px[3][1], px[4][1]]))
-    np.testing.assert_array_equal(m[:, 2:4], [[0, 0], [1, 0], [0, 0], [1, 1], [1, 1]])
-    np.testing.assert_array_equal(m[:, 4], [nan, 1, nan, 1, 1])  # Jet_ID is bool
-    np.testing.assert_array_equal(m[:, 6], events["MET_px"].to_numpy())
+    np.testing.assert_array_equal(m[:, 0], [0, 1, 0, 3, 2])  # Jet.n, not normalised
+    np.testing.assert_array_equal(m[:, 1:3], [[0, 0], [1, 0], [0, 0], [1, 1], [1, 1]])
+    np.testing.assert_array_equal(m[:, 3], np.float32([nan, px[1][0], nan, px[3][0], px[4][0]]))
+    np.testing.assert_array_equal(m[:, 4], np.float32([nan, nan, nan, px[3][1], px[4][1]]))
+    np.testing.assert_array_equal(m[:, 5], [nan, 1, nan, 1, 1])  # Jet_ID is bool
+    np.testing.assert_array_equal(m[:, 7], events["MET_px"].to_numpy())
     assert m.dtype == np.float32
 
 
@@ -116,7 +118,7 @@ def test_pad_max_and_normalisation_from_specs(client):
     layout = make_layout(dataset, specs, config.features)
     assert sum(n.startswith("Jet_E[") for n in layout.names) == specs["Jet_E"].max_multiplicity == 5
     events = uproot.open(dataset.samples[0].files[0].path)["events"].arrays(["Jet_E", "MET_px"])
-    m = partition_matrix(events, layout)
+    m = partition_matrix({n: events[n] for n in events.fields}, layout)
     met = m[:, layout.names.index("MET_px")].astype(np.float64)
     assert met.mean() == pytest.approx(0.0, abs=1e-5) and met.std() == pytest.approx(1.0, rel=1e-5)
     lead = m[:, layout.names.index("Jet_E[0]")]
@@ -131,7 +133,7 @@ def test_sentinel_becomes_nan_and_minmax(toy_data, tmp_path, client):
     specs = compute_specs(dataset, client=client)
     layout = make_layout(dataset, specs, config.features)
     raw = toy_data["arrays"]["bkg_0"]
-    m = partition_matrix(ak.Array({k: raw[k] for k in raw}), layout)
+    m = partition_matrix(dict(raw), layout)
     mmc = m[:, layout.names.index("mmc")]
     assert np.array_equal(np.isnan(mmc), ak.to_numpy(raw["mmc"]) == -999.0)
     mass = m[:, layout.names.index("mass")]
@@ -146,7 +148,7 @@ def test_split_identical_with_different_step_size(toy_data, tmp_path, client, st
         config = load_config(toy_config(tmp_path, toy_data["dir"]), [f"data.step_size={step}"])
         dataset = open_dataset(config)
         specs = compute_specs(dataset, client=client)
-        features = build_features(dataset, make_layout(dataset, specs, config.features), config.split)
+        features = build_features(dataset, make_layout(dataset, specs, config.features), specs)
         assert all(not np.isnan(c) for c in features.train.X.chunks[0])
         X = {s: client.compute(features[s].X, sync=True) for s in ("train", "validation", "test")}
         # Rows are identified by their (mass, met) values, unique in continuous random data.

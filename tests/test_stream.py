@@ -38,7 +38,7 @@ def test_batches_mix_classes_in_the_global_ratio_when_each_file_holds_one_class(
     config = load_config(toy_config(tmp_path, toy_data["dir"]), ["data.step_size=700"])
     dataset = open_dataset(config)
     specs = compute_specs(dataset, client=client)
-    features = build_features(dataset, make_layout(dataset, specs, config.features), config.split)
+    features = build_features(dataset, make_layout(dataset, specs, config.features), specs)
     stream = BatchStream(client, features, "train", PLAIN, batch_size=200, prefetch=2, seed=3)
     y_all = np.concatenate([y for _, y, _ in stream.epoch(0)])
     share = y_all.mean()

@@ -13,8 +13,6 @@ TensorFlow is imported only when this engine runs.
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import json
 import logging
 import math
@@ -31,6 +29,7 @@ from ..features import Features
 from ..outputs import atomic_path, write_json
 from ..specs import Specs
 from ..stream import BatchStream, StreamedModel, Transform, make_transform
+from ..usercode import call_function, load_function
 
 __all__ = ["KerasModel", "train_keras"]
 
@@ -66,7 +65,9 @@ class KerasModel(StreamedModel):
     filename = "model.keras"
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict_on_batch(X)).reshape(len(X))
+        """The signal probability for two classes (one or two outputs), else one per class."""
+        scores = np.asarray(self.model.predict_on_batch(X)).reshape(len(X), -1)
+        return scores[:, -1] if scores.shape[1] <= 2 else scores
 
     def importance(self) -> dict[str, float]:
         return {}  # no model-agnostic importance is computed for networks
@@ -78,20 +79,16 @@ class KerasModel(StreamedModel):
         return path
 
 
-def train_keras(client, features: Features, specs: Specs, labels: Mapping[str, int],
-                config: KerasConfig, stream: StreamConfig, run_dir: str | Path, *,
-                resume: bool = False) -> KerasModel:
-    """Train on ``features.train`` streamed from ``client``'s workers; see the module docstring.
-
-    ``labels`` maps each sample name to its class label (for the class weights).
-    """
+def train_keras(client, features: Features, specs: Specs, config: KerasConfig,
+                stream: StreamConfig, run_dir: str | Path, *, resume: bool = False) -> KerasModel:
+    """Train on ``features.train`` streamed from ``client``'s workers; see the module docstring."""
     if client is None:
         raise HepdaskError("The keras engine needs a distributed Client to compute the batches.")
     keras = import_keras()
-    transform = make_transform(features.layout, specs, labels, stream)
+    transform = make_transform(features.layout, specs, stream)
     names = transform.names(features.layout)
     train = BatchStream(client, features, "train", transform, batch_size=stream.batch_size,
-                        prefetch=stream.prefetch, seed=stream.seed, shuffle=True)
+                        prefetch=stream.prefetch, seed=stream.seed, shuffle=stream.shuffle)
     valid = BatchStream(client, features, "validation", transform, batch_size=stream.batch_size,
                         prefetch=stream.prefetch, shuffle=False)
     if not len(train):
@@ -107,15 +104,17 @@ def train_keras(client, features: Features, specs: Specs, labels: Mapping[str, i
                  checkpoints)
     else:
         shutil.rmtree(checkpoints, ignore_errors=True)
-        model = _build_model(keras, config, len(names))
+        keras.utils.set_random_seed(stream.seed)  # the same initial weights run after run
+        model = _build_model(keras, config, len(names), specs.n_classes)
         state = _State()
     if model.inputs and model.inputs[0].shape[-1] != len(names):
         raise HepdaskError(
             f"The Keras model takes {model.inputs[0].shape[-1]} inputs but the features have "
             f"{len(names)} columns; build the input layer from the number passed to the function."
         )
+    target = _target_encoding(model, specs.n_classes, config.model)
 
-    batches = _batches(keras, train, state.epoch + 1)
+    batches = _batches(keras, train, state.epoch + 1, target)
     saver = _epoch_callback(keras, checkpoints, state, config.patience, batches)
     if state.stopped:
         log.info("The checkpointed run had already stopped early; not training further")
@@ -123,7 +122,7 @@ def train_keras(client, features: Features, specs: Specs, labels: Mapping[str, i
         log.info("Training Keras: %d events in %d batches of about %d, %d features, %d epochs",
                  train.n_events, len(train), stream.batch_size, len(names), config.epochs)
         model.fit(
-            batches, validation_data=_batches(keras, valid, 0) if len(valid) else None,
+            batches, validation_data=_batches(keras, valid, 0, target) if len(valid) else None,
             epochs=config.epochs, initial_epoch=state.epoch + 1, callbacks=[saver],
             shuffle=False,  # the stream shuffles, per epoch; Keras would reorder its batches
             verbose=0,
@@ -135,7 +134,7 @@ def train_keras(client, features: Features, specs: Specs, labels: Mapping[str, i
     return KerasModel(model, names, transform, stream, _history(state.history), state.best_epoch)
 
 
-def _build_model(keras, config: KerasConfig, n_inputs: int):
+def _build_model(keras, config: KerasConfig, n_inputs: int, n_classes: int):
     """The user's model from ``config.model``, or the built-in dense network."""
     if config.model is None:
         model = keras.Sequential([keras.Input((n_inputs,))])
@@ -143,19 +142,20 @@ def _build_model(keras, config: KerasConfig, n_inputs: int):
             model.add(keras.layers.Dense(units, activation=config.activation))
             if config.dropout:
                 model.add(keras.layers.Dropout(config.dropout))
-        model.add(keras.layers.Dense(1, activation="sigmoid"))
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      loss="binary_crossentropy", weighted_metrics=[keras.metrics.AUC(name="auc")])
+        if n_classes == 2:
+            model.add(keras.layers.Dense(1, activation="sigmoid"))
+            loss, metric = "binary_crossentropy", keras.metrics.AUC(name="auc")
+        else:
+            model.add(keras.layers.Dense(n_classes, activation="softmax"))
+            loss = "sparse_categorical_crossentropy"
+            metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,
+                      weighted_metrics=[metric])
         return model
-    build = load_function(config.model, "train.keras.model")
-    try:
-        model = build(n_inputs)
-    except Exception as err:
-        raise HepdaskError(
-            f"train.keras.model: {config.model}({n_inputs}) raised {type(err).__name__}: {err}. "
-            "The function receives the number of input features and must return a compiled "
-            "keras.Model."
-        ) from err
+    build = load_function(config.model, "train.keras.model",
+                          arguments=("the number of input features",))
+    model = call_function(build, config.model, "train.keras.model", n_inputs,
+                          returns="a compiled keras.Model")
     if not isinstance(model, keras.Model):
         raise HepdaskError(
             f"train.keras.model: {config.model} returned {type(model).__name__}, not a "
@@ -170,38 +170,28 @@ def _build_model(keras, config: KerasConfig, n_inputs: int):
     return model
 
 
-def load_function(spec: str, key: str):
-    """The function named by ``"path/to/file.py:name"``, with clear errors for each mistake."""
-    path, _, name = spec.rpartition(":")
-    file = Path(path)
-    if not file.is_file():
-        raise HepdaskError(f"{key}: the file {file} does not exist (from {spec!r}).")
-    module_spec = importlib.util.spec_from_file_location(f"hepdask_user_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as err:
+def _target_encoding(model, n_classes: int, source: str | None):
+    """How labels are fed to ``model``: as they are, or one-hot for a categorical loss.
+
+    A sigmoid output takes 0/1; a softmax output of one unit per class takes class numbers
+    with a sparse loss and one-hot rows with ``categorical_crossentropy`` (as MLaaS4HEP models
+    often use, even for two classes).
+    """
+    outputs = model.outputs[0].shape[-1] if model.outputs else None
+    if outputs not in (1, n_classes) or (outputs == 1 and n_classes > 2):
         raise HepdaskError(
-            f"{key}: importing {file} failed with {type(err).__name__}: {err}."
-        ) from err
-    function = getattr(module, name, None)
-    if not callable(function):
-        found = [n for n, v in vars(module).items() if inspect.isfunction(v)
-                 and v.__module__ == module.__name__]
-        raise HepdaskError(
-            f"{key}: {file} has no function {name!r}; it defines {', '.join(found) or 'none'}."
+            f"train.keras.model: the model from {source} has {outputs} outputs but the data "
+            f"have {n_classes} classes. Give it one sigmoid output for two classes, or "
+            f"{n_classes} softmax outputs."
         )
-    try:
-        inspect.signature(function).bind(1)
-    except TypeError:
-        raise HepdaskError(
-            f"{key}: {spec} must take exactly one argument, the number of input features; it "
-            f"is declared as {name}{inspect.signature(function)}."
-        ) from None
-    return function
+    loss = model.loss if isinstance(model.loss, str) else getattr(model.loss, "name", "")
+    if outputs > 1 and loss == "categorical_crossentropy":
+        eye = np.eye(n_classes, dtype=np.float32)
+        return lambda y: eye[y.astype(np.int64)]
+    return None
 
 
-def _batches(keras, stream: BatchStream, first_epoch: int):
+def _batches(keras, stream: BatchStream, first_epoch: int, target=None):
     """A ``keras.utils.PyDataset`` over ``stream``, serving the batches of epoch ``.epoch``.
 
     The epoch is set by the training callback at the start of each Keras epoch, so a resumed
@@ -217,7 +207,8 @@ def _batches(keras, stream: BatchStream, first_epoch: int):
             return len(stream)
 
         def __getitem__(self, index):
-            return stream.batch(self.epoch, index)
+            X, y, w = stream.batch(self.epoch, index)
+            return X, (y if target is None else target(y)), w
 
     return Batches()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from ..features import Features
 from ..outputs import atomic_path
 from ..specs import Specs
 from ..stream import BatchStream, StreamedModel, Transform, make_transform
+from ..usercode import call_function, load_function
 
 __all__ = ["SklearnModel", "train_sklearn"]
 
@@ -44,13 +44,18 @@ class SklearnModel(StreamedModel):
     filename = "model.joblib"
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Signal probability when the estimator gives one, else its decision function."""
+        """Class probabilities when the estimator gives them, else its decision function;
+        for two classes, only the signal's."""
+        scores = None
         if hasattr(self.estimator, "predict_proba"):
             try:
-                return self.estimator.predict_proba(X)[:, 1]
+                scores = self.estimator.predict_proba(X)
             except AttributeError:  # e.g. SGDClassifier with a loss without probabilities
                 pass
-        return self.estimator.decision_function(X)
+        if scores is None:
+            scores = self.estimator.decision_function(X)
+        scores = np.asarray(scores).reshape(len(X), -1)
+        return scores[:, -1] if scores.shape[1] <= 2 else scores
 
     def importance(self) -> dict[str, float]:
         """|coefficient| per feature for linear models (the inputs are normalised)."""
@@ -67,7 +72,14 @@ class SklearnModel(StreamedModel):
 
 
 def make_estimator(config: SklearnConfig):
-    """Instantiate ``config.estimator`` (a dotted class path) with ``config.params``."""
+    """Instantiate ``config.estimator``: a class path with ``config.params``, or the estimator
+    returned by a ``"file.py:function"`` (as MLaaS4HEP's ``model()``)."""
+    if ":" in config.estimator:
+        build = load_function(config.estimator, "train.sklearn.estimator")
+        estimator = call_function(build, config.estimator, "train.sklearn.estimator",
+                                  returns="a scikit-learn estimator")
+        _check_partial_fit(type(estimator), config.estimator)
+        return estimator
     module_name, _, class_name = config.estimator.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
@@ -77,35 +89,40 @@ def make_estimator(config: SklearnConfig):
             "path, e.g. \"sklearn.linear_model.SGDClassifier\" or "
             "\"sklearn.neural_network.MLPClassifier\"."
         ) from None
-    if not hasattr(cls, "partial_fit"):
-        raise HepdaskError(
-            f"train.sklearn.estimator: {config.estimator} has no partial_fit, so it cannot learn "
-            "from streamed batches. Use one that has (SGDClassifier, MLPClassifier, "
-            "Perceptron, PassiveAggressiveClassifier, BernoulliNB, ...), or the xgboost engine."
-        )
+    _check_partial_fit(cls, config.estimator)
     try:
         return cls(**config.params)
     except TypeError as err:
         raise HepdaskError(f"train.sklearn.params: {config.estimator} refused them: {err}.") from None
 
 
-def train_sklearn(client, features: Features, specs: Specs, labels: Mapping[str, int],
-                  config: SklearnConfig, stream: StreamConfig) -> SklearnModel:
+def _check_partial_fit(cls: type, source: str) -> None:
+    if not hasattr(cls, "partial_fit"):
+        raise HepdaskError(
+            f"train.sklearn.estimator: {cls.__name__} (from {source}) has no partial_fit, so it "
+            "cannot learn from streamed batches. Use one that has (SGDClassifier, "
+            "MLPClassifier, Perceptron, PassiveAggressiveClassifier, BernoulliNB, ...), or the "
+            "xgboost engine."
+        )
+
+
+def train_sklearn(client, features: Features, specs: Specs, config: SklearnConfig,
+                  stream: StreamConfig) -> SklearnModel:
     """Train ``config.estimator`` for ``config.epochs`` passes over the streamed training split."""
     if client is None:
         raise HepdaskError("The sklearn engine needs a distributed Client to compute the batches.")
     estimator = make_estimator(config)
-    transform = make_transform(features.layout, specs, labels, stream)
+    transform = make_transform(features.layout, specs, stream)
     names = transform.names(features.layout)
     train = BatchStream(client, features, "train", transform, batch_size=stream.batch_size,
-                        prefetch=stream.prefetch, seed=stream.seed, shuffle=True)
+                        prefetch=stream.prefetch, seed=stream.seed, shuffle=stream.shuffle)
     if not len(train):
         raise HepdaskError("The training split is empty: check split.train and the samples.")
     weighted = "sample_weight" in inspect.signature(estimator.partial_fit).parameters
     if not weighted:
         log.info("%s.partial_fit takes no sample weights: training unweighted",
                  type(estimator).__name__)
-    classes = np.array(sorted(set(labels.values())), dtype=np.float32)
+    classes = np.arange(specs.n_classes, dtype=np.float32)
     model = SklearnModel(estimator, names, transform, stream)
     history: dict[str, dict[str, list[float]]] = {"validation": {"logloss": [], "auc": []}}
     log.info("Training %s: %d events in %d batches, %d features, %d epochs",
@@ -115,8 +132,9 @@ def train_sklearn(client, features: Features, specs: Specs, labels: Mapping[str,
             kwargs = {"sample_weight": w} if weighted else {}
             estimator.partial_fit(X, y, classes=classes, **kwargs)
         scores, y, w = model.scores(client, features, "validation")
-        if len(y) and len(np.unique(y)) == 2:
-            auc = float(roc_auc_score(y, scores))
+        if len(y) and len(np.unique(y)) == len(classes):
+            auc = float(roc_auc_score(y, scores, multi_class="ovr") if scores.ndim > 1
+                        else roc_auc_score(y, scores))
             history["validation"]["auc"].append(auc)
             if hasattr(estimator, "predict_proba") and scores.min() >= 0 and scores.max() <= 1:
                 history["validation"]["logloss"].append(float(log_loss(y, scores, labels=classes)))

@@ -22,6 +22,7 @@ from ..config import XGBoostConfig
 from ..errors import HepdaskError
 from ..features import Features
 from ..outputs import atomic_path
+from ..usercode import call_function, load_function
 
 __all__ = ["XGBoostModel", "train_xgboost"]
 
@@ -46,11 +47,17 @@ class XGBoostModel:
                             validate_features=False)
 
     def scores(self, client, features: Features, split: str = "test"):
-        """(scores, labels, weights) of ``split`` as NumPy arrays, in the split's row order."""
+        """(scores, labels, weights) of ``split`` as NumPy arrays, in the split's row order.
+
+        Scores are the signal probability for two classes, one column per class otherwise.
+        """
         arrays = features[split]
         scores, y, w = client.compute([self.predict(client, arrays.X), arrays.y, arrays.w],
                                       sync=True)
-        return np.asarray(scores), np.asarray(y), np.asarray(w)
+        scores = np.asarray(scores)
+        if scores.ndim == 2 and scores.shape[1] == 2:  # a multi: objective on two classes
+            scores = scores[:, 1]
+        return scores, np.asarray(y), np.asarray(w)
 
     def _iteration_range(self) -> tuple[int, int]:
         return (0, self.best_iteration + 1) if self.best_iteration is not None else (0, 0)
@@ -67,39 +74,53 @@ class XGBoostModel:
         return path
 
 
-def train_xgboost(client, features: Features, config: XGBoostConfig) -> XGBoostModel:
-    """Train on ``features.train``, early-stopping on ``features.validation`` when it has events."""
+def train_xgboost(client, features: Features, config: XGBoostConfig,
+                  n_classes: int = 2) -> XGBoostModel:
+    """Train on ``features.train``, early-stopping on ``features.validation`` when it has events.
+
+    With more than two classes the objective becomes ``multi:softprob`` and the scores have
+    one column per class.
+    """
     if client is None:
         raise HepdaskError(
             "The xgboost engine needs a distributed Client: pass client=... or create one "
             "(e.g. with hepdask.cluster.connect) before training."
         )
-    params = dict(config.params)
-    params.setdefault("tree_method", "hist")
+    params, num_boost_round = xgboost_params(config, n_classes)
     train, valid = features.train, features.validation
-    if config.scale_pos_weight == "auto":
+    weights = {"train": train.w if config.use_weights else None,
+               "validation": valid.w if config.use_weights else None}
+    if n_classes > 2:
+        if config.scale_pos_weight == "auto":  # every class carries the same total weight
+            factors = _class_factors(client, train, config.use_weights, n_classes)
+            weights = {name: _scaled(arrays, factors, config.use_weights)
+                       for name, arrays in (("train", train), ("validation", valid))}
+        else:
+            log.info("train.xgboost.scale_pos_weight is for two classes: not used for %d",
+                     n_classes)
+    elif config.scale_pos_weight == "auto":
         params["scale_pos_weight"] = _auto_scale_pos_weight(client, train, config.use_weights)
-    elif config.scale_pos_weight is not None:
+    else:
         params["scale_pos_weight"] = float(config.scale_pos_weight)
     names = [_xgb_name(n) for n in features.names]
     dtrain = dxgb.DaskQuantileDMatrix(
-        client, train.X, train.y, weight=train.w if config.use_weights else None,
+        client, train.X, train.y, weight=weights["train"],
         feature_names=names,
     )
     evals = [(dtrain, "train")]
     early = None
     if len(valid):
         dvalid = dxgb.DaskQuantileDMatrix(
-            client, valid.X, valid.y, weight=valid.w if config.use_weights else None,
+            client, valid.X, valid.y, weight=weights["validation"],
             feature_names=names, ref=dtrain,
         )
         evals.append((dvalid, "validation"))
         early = config.early_stopping_rounds
-    log.info("Training XGBoost: %d events, %d features, up to %d rounds",
-             len(train), len(names), config.num_boost_round)
+    log.info("Training XGBoost: %d events, %d features, %d classes, up to %d rounds",
+             len(train), len(names), n_classes, num_boost_round)
     try:
         output = dxgb.train(
-            client, params, dtrain, num_boost_round=config.num_boost_round, evals=evals,
+            client, params, dtrain, num_boost_round=num_boost_round, evals=evals,
             early_stopping_rounds=early, verbose_eval=False,
         )
     except xgboost.core.XGBoostError as err:
@@ -113,6 +134,60 @@ def train_xgboost(client, features: Features, config: XGBoostConfig) -> XGBoostM
     history = {name: {m: [float(v) for v in vals] for m, vals in metrics.items()}
                for name, metrics in output["history"].items()}
     return XGBoostModel(booster, features.names, params, history, best)
+
+
+def xgboost_params(config: XGBoostConfig, n_classes: int) -> tuple[dict, int]:
+    """The booster parameters and number of rounds: from ``config``, or from the estimator that
+    ``config.model`` returns, adapted to the number of classes."""
+    params, rounds = dict(config.params), config.num_boost_round
+    if config.model is not None:
+        build = load_function(config.model, "train.xgboost.model")
+        estimator = call_function(build, config.model, "train.xgboost.model",
+                                  returns="an xgboost.XGBClassifier")
+        if not isinstance(estimator, xgboost.XGBModel):
+            raise HepdaskError(
+                f"train.xgboost.model: {config.model} returned {type(estimator).__name__}, not an "
+                "XGBoost estimator; return e.g. xgboost.XGBClassifier(max_depth=6, ...)."
+            )
+        params = {k: v for k, v in estimator.get_xgb_params().items() if v is not None}
+        params.pop("n_jobs", None)
+        rounds = estimator.n_estimators or rounds
+    params.setdefault("tree_method", "hist")
+    objective = params.get("objective", "binary:logistic")
+    if n_classes > 2:
+        if objective.startswith("binary:"):
+            params["objective"] = "multi:softprob"
+        params["num_class"] = n_classes
+        metrics = params.get("eval_metric", [])
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+        params["eval_metric"] = [_MULTI_METRICS.get(m, m) for m in metrics]
+    elif objective.startswith("multi:"):
+        params.setdefault("num_class", 2)
+    return params, rounds
+
+
+_MULTI_METRICS = {"logloss": "mlogloss", "error": "merror"}
+
+
+def _class_factors(client, train, use_weights: bool, n_classes: int) -> np.ndarray:
+    """Per-class weight factors that give every class the same total weight in training."""
+    w = train.w if use_weights else da.ones_like(train.y)
+    sums = np.array(dask.compute(*[(w * (train.y == k)).sum(dtype="f8") for k in range(n_classes)],
+                                 scheduler=client))
+    if np.any(sums <= 0):
+        raise HepdaskError(
+            f"The training split has no positive weight in the classes "
+            f"{np.flatnonzero(sums <= 0).tolist()}: check the labels and weights, or set "
+            "train.xgboost.scale_pos_weight to a number to train without class balancing."
+        )
+    return sums.sum() / (n_classes * sums)
+
+
+def _scaled(arrays, factors: np.ndarray, use_weights: bool):
+    w = arrays.w if use_weights else da.ones_like(arrays.y)
+    scale = arrays.y.map_blocks(lambda y: factors[y.astype(np.int64)].astype(np.float32),
+                                dtype=np.float32)
+    return w * scale
 
 
 def _auto_scale_pos_weight(client, train, use_weights: bool) -> float:
