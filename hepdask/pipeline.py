@@ -166,7 +166,8 @@ class Pipeline:
                                                 train.stream)
             write_json(self.run_dir / "history.json", self._model.history)
         self._model.save(self.run_dir)
-        write_json(self.run_dir / "features.json", features.layout.to_dict())
+        write_json(self.run_dir / "features.json",  # how to rebuild the inputs from the files
+                   {**features.layout.to_dict(), "preprocess": self.dataset().preprocess.describe()})
         return self._model
 
     def evaluate(self, *, client=None) -> dict:

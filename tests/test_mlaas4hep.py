@@ -67,7 +67,9 @@ def test_mlaas4hep_workflow_runs_as_it_is(toy_data, tmp_path):
     read = sum(s["read"] for s in metrics["selection"].values())
     selected = sum(s["selected"] for s in metrics["selection"].values())
     assert read == 11000 and 10000 < selected < read
-    names = json.loads((run / "features.json").read_text())["names"]
+    layout = json.loads((run / "features.json").read_text())
+    names = layout["names"]
+    assert layout["preprocess"]["derived"] == {"log_mass": "log(mass)"}
     assert "log_mass" in names and "mass" not in names and "weight" not in names
     assert (run / "model.keras").exists()
     config = load_config(run / "config.toml")
