@@ -112,6 +112,8 @@ def train_sklearn(client, features: Features, specs: Specs, config: SklearnConfi
     if client is None:
         raise HepdaskError("The sklearn engine needs a distributed Client to compute the batches.")
     estimator = make_estimator(config)
+    if estimator.get_params().get("random_state", 0) is None:
+        estimator.set_params(random_state=stream.seed)  # the same model run after run
     transform = make_transform(features.layout, specs, stream)
     names = transform.names(features.layout)
     train = BatchStream(client, features, "train", transform, batch_size=stream.batch_size,
