@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask
@@ -125,7 +125,11 @@ class Dataset:
     preprocess: Preprocess
     sentinel: float | None
     split: SplitConfig
-    notes: list[str] = field(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """What was noticed while choosing the features (skipped branches, replaced counters)."""
+        return list(self.preprocess.notes)
 
     @property
     def branches(self) -> list[Branch]:
@@ -173,35 +177,34 @@ def open_dataset(config: Config) -> Dataset:
     branches; every other file must have the branches its sample needs.
     """
     prep: Preprocess | None = None
-    found: list[tuple[SampleConfig, str, list[tuple[str, int]]]] = []
+    found: list[tuple[SampleConfig, str, list[tuple[str, int]], list[str]]] = []
     for sample_config in config.samples:
         tree = sample_config.tree or config.data.tree
         paths = expand_files(sample_config.files, where=f"samples.{sample_config.name}.files",
                              redirector=config.data.redirector)
-        files = []
+        files, columns = [], None
         for path in paths:
             with _open_tree(path, tree, sample_config.name) as ttree:
                 if prep is None:
                     prep = build_preprocess(config, *describe_tree(ttree), source=path)
-                _check_branches(ttree, prep.columns(sample_config.name), path,
-                                f"samples.{sample_config.name}")
+                columns = columns or prep.columns(sample_config.name)
+                _check_branches(ttree, columns, path, f"samples.{sample_config.name}")
                 files.append((path, ttree.num_entries))
-        found.append((sample_config, tree, files))
+        found.append((sample_config, tree, files, columns))
     assert prep is not None  # every sample has at least one file
-    limits = _entry_limits([n for _, _, files in found for _, n in files], config.data.max_events)
+    limits = _entry_limits([n for _, _, files, _ in found for _, n in files], config.data.max_events)
     samples = []
-    for sample_config, tree, files in found:
+    for sample_config, tree, files, columns in found:
         infos = [_file_info(path, next(limits)) for path, _ in files]
         partitions = [
             Partition(sample_config.name, f.path, start, min(start + config.data.step_size, f.entries))
             for f in infos
             for start in range(0, f.entries, config.data.step_size)
         ]
-        samples.append(Sample(sample_config, tree, infos, partitions,
-                              prep.columns(sample_config.name), prep))
+        samples.append(Sample(sample_config, tree, infos, partitions, columns, prep))
     for note in prep.notes:
         log.info(note)
-    return Dataset(samples, prep, config.data.sentinel, config.split, list(prep.notes))
+    return Dataset(samples, prep, config.data.sentinel, config.split)
 
 
 def _entry_limits(entries: list[int], max_events: int | None) -> Iterator[int]:

@@ -71,9 +71,8 @@ def convert(*, files: str, labels: str, model: str, params: str | None = None,
             raw["selection"] = {"events": cut}
     if not features["exclude"]:
         del features["exclude"]
-    for table in ("stream",):
-        if not train[table]:
-            del train[table]
+    if not train["stream"]:
+        del train["stream"]
     if not evaluate:
         del raw["evaluate"]
     return raw, notes

@@ -20,6 +20,7 @@ the collection's counter branch then counts the selected objects.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import glob
 import hashlib
@@ -30,6 +31,7 @@ from typing import Any
 
 import awkward as ak
 import numpy as np
+import uproot
 
 from .config import Config, SampleConfig
 from .errors import HepdaskError
@@ -75,8 +77,6 @@ def describe_tree(ttree) -> tuple[dict[str, Branch], dict[str, str], dict[str, s
     Returns (numeric branches by name, non-numeric branch -> its type name,
     counter branch -> the collection it counts).
     """
-    import uproot
-
     jagged: dict[str, list[str]] = {}  # counter (or the branch itself) -> jagged branches
     numeric: dict[str, tuple[str, bool, str]] = {}
     other: dict[str, str] = {}
@@ -440,8 +440,6 @@ def _label_and_weight_inputs(samples: Iterable[SampleConfig], prep: Preprocess) 
 
 def missing_branch(name: str, available: Sequence[str], path: str, key: str) -> str:
     """The message for a branch that is not in a file, with the closest names."""
-    import difflib
-
     close = difflib.get_close_matches(name, available, n=3)
     hint = f" Closest: {', '.join(close)}." if close else ""
     shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")

@@ -169,17 +169,23 @@ def xgboost_params(config: XGBoostConfig, n_classes: int) -> tuple[dict, int]:
 _MULTI_METRICS = {"logloss": "mlogloss", "error": "merror"}
 
 
-def _class_factors(client, train, use_weights: bool, n_classes: int) -> np.ndarray:
-    """Per-class weight factors that give every class the same total weight in training."""
+def _class_weight_sums(client, train, use_weights: bool, n_classes: int) -> np.ndarray:
+    """Total weight of each class in the training split, all positive (else a clear error)."""
     w = train.w if use_weights else da.ones_like(train.y)
     sums = np.array(dask.compute(*[(w * (train.y == k)).sum(dtype="f8") for k in range(n_classes)],
                                  scheduler=client))
     if np.any(sums <= 0):
         raise HepdaskError(
-            f"The training split has no positive weight in the classes "
-            f"{np.flatnonzero(sums <= 0).tolist()}: check the labels and weights, or set "
-            "train.xgboost.scale_pos_weight to a number to train without class balancing."
+            f"train.xgboost.scale_pos_weight = \"auto\" balances the classes, but the training "
+            f"split has no positive weight in the classes {np.flatnonzero(sums <= 0).tolist()}: "
+            "check the labels and weights, or set it to a number."
         )
+    return sums
+
+
+def _class_factors(client, train, use_weights: bool, n_classes: int) -> np.ndarray:
+    """Per-class weight factors that give every class the same total weight in training."""
+    sums = _class_weight_sums(client, train, use_weights, n_classes)
     return sums.sum() / (n_classes * sums)
 
 
@@ -192,16 +198,7 @@ def _scaled(arrays, factors: np.ndarray, use_weights: bool):
 
 def _auto_scale_pos_weight(client, train, use_weights: bool) -> float:
     """Sum of background weights over sum of signal weights in the training split."""
-    w = train.w if use_weights else da.ones_like(train.y)
-    signal, background = dask.compute(
-        (w * (train.y == 1)).sum(dtype="f8"), (w * (train.y == 0)).sum(dtype="f8"),
-        scheduler=client,
-    )
-    if signal <= 0 or background <= 0:
-        raise HepdaskError(
-            "train.xgboost.scale_pos_weight = \"auto\" needs signal (label 1) and background "
-            "(label 0) events with positive weights in the training split; set it to a number."
-        )
+    background, signal = _class_weight_sums(client, train, use_weights, 2)
     return float(background / signal)
 
 
