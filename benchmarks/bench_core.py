@@ -41,6 +41,14 @@ def make_data(directory: Path, events: int) -> None:
                     events_per_file=EVENTS_PER_FILE)
 
 
+def ensure_data(make, directory: Path, events: int, what: str = "synthetic") -> None:
+    """Make (or reuse) a benchmark's files with ``make(directory, events)``; say where and how
+    long it took."""
+    start = time.perf_counter()
+    make(directory, events)
+    print(f"data: {events} {what} events in {directory} ({time.perf_counter() - start:.1f} s)")
+
+
 def overrides(directory: Path, workers: int, run_dir: Path, threads: int = 1) -> list[str]:
     events = int(directory.name.rsplit("-", 1)[1])
     return [f"prepare.directory='{directory}'", "prepare.download=false", "prepare.seed=1",
@@ -193,9 +201,7 @@ def main() -> None:
 
     big, small = args.data / f"higgs-{args.prep_events}", args.data / f"higgs-{args.train_events}"
     for directory, events in ((big, args.prep_events), (small, args.train_events)):
-        start = time.perf_counter()
-        make_data(directory, events)
-        print(f"data: {events} synthetic events in {directory} ({time.perf_counter() - start:.1f} s)")
+        ensure_data(make_data, directory, events)
     w = str(args.workers)
 
     print(f"\n[1] data prep, {args.prep_events} events, {args.workers} workers")

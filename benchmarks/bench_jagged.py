@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_core import child, parse, timed_prep
+from bench_core import child, ensure_data, parse, timed_prep
 
 EVENTS_PER_FILE = 125_000
 COLLECTIONS = {  # name: (mean multiplicity, float fields, int fields)
@@ -146,10 +146,7 @@ def main() -> None:
     if args is None:
         return
     directory = args.data / f"jagged-{args.events}"
-    start = time.perf_counter()
-    make_data(directory, args.events)
-    print(f"data: {args.events} NanoAOD-like events in {directory} "
-          f"({time.perf_counter() - start:.1f} s)")
+    ensure_data(make_data, directory, args.events, "NanoAOD-like")
     w = str(args.workers)
     loop = child("step_loop", str(directory), w, str(args.loop_events), script=__file__)
     run = child("step_hepdask", str(directory), w, script=__file__)

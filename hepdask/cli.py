@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
+from .config import CLUSTER_KINDS
 from .errors import HepdaskError
 
 __all__ = ["main"]
@@ -19,6 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.quiet)
+    # A batch system's kill (SIGTERM) unwinds like Ctrl-C: clusters hepdask started are shut
+    # down and no output is left half-written.
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return args.func(args)
     except HepdaskError as err:
@@ -41,14 +51,24 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a config key, e.g. split.seed=7")
         p.add_argument("--output", help="run directory (default: <output>/<name> from the config)")
-        p.add_argument("--scheduler", help="address of an existing Dask scheduler")
-        p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+        cluster = p.add_argument_group("cluster (default: [cluster] of the config)")
+        cluster.add_argument("--cluster", choices=CLUSTER_KINDS, help="cluster.kind")
+        cluster.add_argument("--scheduler", metavar="ADDRESS",
+                             help="use the running scheduler at ADDRESS (cluster.kind=address)")
+        cluster.add_argument("--gateway", metavar="URL",
+                             help="get a cluster from the dask-gateway at URL "
+                                  "(cluster.kind=gateway)")
+        p.add_argument("-q", "--quiet", action="store_true",
+                       help="only warnings and errors, no progress bars")
         return p
 
     run = with_config("run", "prepare data, compute specs, train and evaluate")
     run.add_argument("--recompute-specs", action="store_true", help="ignore a cached specs.json")
     run.add_argument("--resume", action="store_true",
                      help="keras: continue an interrupted run from its last checkpoint")
+    run.add_argument("--report", action="store_true",
+                     help="save the Dask performance report as dask-report.html in the run "
+                          "directory")
     run.add_argument("--mlaas4hep", action="store_true",
                      help="run an MLaaS4HEP workflow as it is, from the options below "
                           "instead of CONFIG")
@@ -134,14 +154,28 @@ def _pipeline(args):
             raise HepdaskError("Give either a CONFIG file or --mlaas4hep with its options, not "
                                "both.")
         raw, text = _mlaas4hep_config(args)
-        pipe = Pipeline(from_dict(apply_overrides(raw, args.overrides)), output=args.output)
+        pipe = Pipeline(from_dict(apply_overrides(raw, _overrides(args))), output=args.output,
+                        progress=not args.quiet)
         pipe.config_text = text
         return pipe
     if not args.config:
         raise HepdaskError("Give the run's config file (e.g. python -m hepdask run "
                            "configs/higgs.toml), or --mlaas4hep with --files, --labels, "
                            "--params and --model.")
-    return Pipeline.from_config(args.config, overrides=args.overrides, output=args.output)
+    return Pipeline.from_config(args.config, overrides=_overrides(args), output=args.output,
+                                progress=not args.quiet)
+
+
+def _overrides(args) -> list[str]:
+    """``--set`` entries, then the cluster flags as the config keys they stand for."""
+    extra = []
+    if args.cluster:
+        extra.append(f"cluster.kind={json.dumps(args.cluster)}")
+    if args.scheduler:
+        extra += ['cluster.kind="address"', f"cluster.address={json.dumps(args.scheduler)}"]
+    if args.gateway:
+        extra += ['cluster.kind="gateway"', f"cluster.gateway.address={json.dumps(args.gateway)}"]
+    return [*args.overrides, *extra]
 
 
 def _convert(args) -> int:
@@ -165,11 +199,31 @@ def _run(args) -> int:
     pipe.dataset()
     if args.recompute_specs:
         (pipe.run_dir / "specs.json").unlink(missing_ok=True)
-    with connect(pipe.config.cluster, address=args.scheduler) as client:
+    with connect(pipe.config.cluster) as client:
         pipe.client = client
-        metrics = pipe.run(resume=args.resume)
+        with _performance_report(pipe.run_dir / "dask-report.html" if args.report else None):
+            metrics = pipe.run(resume=args.resume)
     print(summary(metrics, pipe.run_dir))
     return 0
+
+
+@contextlib.contextmanager
+def _performance_report(path: Path | None) -> Iterator[None]:
+    """Dask's performance report of the block, written (whole) also when the run fails."""
+    if path is None:
+        yield
+        return
+    from distributed import performance_report
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        with performance_report(filename=str(tmp)):
+            yield
+    finally:
+        if tmp.exists():
+            os.replace(tmp, path)
+            log.info("Dask performance report: %s", path)
 
 
 def _specs(args) -> int:
@@ -177,7 +231,7 @@ def _specs(args) -> int:
 
     pipe = _pipeline(args)
     pipe.dataset()
-    with connect(pipe.config.cluster, address=args.scheduler) as client:
+    with connect(pipe.config.cluster) as client:
         specs = pipe.specs(client=client, reuse=not args.recompute)
     print(specs.table())
     return 0

@@ -278,13 +278,67 @@ class TrainConfig:
         _check_choice("train.engine", self.engine, ENGINES)
 
 
+CLUSTER_KINDS = ("local", "address", "gateway")
+GATEWAY_AUTH = ("basic", "jupyterhub", "kerberos")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """A cluster from a dask-gateway server (e.g. a JupyterHub's). Keys left unset fall back on
+    the ``gateway.*`` Dask config that JupyterHub deployments ship (address, auth, ...)."""
+
+    address: str | None = None  # e.g. "https://hub.example.org/services/dask-gateway"
+    proxy_address: str | None = None  # the scheduler proxy, e.g. "tls://hub.example.org:8786"
+    public_address: str | None = None  # where dashboards are reached from a browser
+    auth: str | None = None  # basic, jupyterhub or kerberos
+    username: str | None = None  # basic auth; this machine's user by default
+    password_env: str = "DASK_GATEWAY_PASSWORD"  # basic auth: the variable holding the password
+    cluster_name: str | None = None  # join this running cluster instead of starting one
+    workers: int = 2  # scale a new cluster to this many workers ...
+    adapt_minimum: int | None = None  # ... or let it adapt between these bounds
+    adapt_maximum: int | None = None
+    worker_cores: float | None = None  # cluster options, when the gateway offers them
+    worker_memory: float | None = None  # GiB
+    image: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # any other cluster option
+    shutdown: bool = True  # shut down the cluster hepdask started when the run ends
+    timeout: float = 300.0  # seconds to wait for the first workers
+
+    def __post_init__(self) -> None:
+        if self.auth is not None:
+            _check_choice("cluster.gateway.auth", self.auth, GATEWAY_AUTH)
+        if (self.adapt_minimum is None) != (self.adapt_maximum is None):
+            raise HepdaskError(
+                "Set both cluster.gateway.adapt_minimum and adapt_maximum to let the cluster "
+                "adapt, or neither to scale it to cluster.gateway.workers."
+            )
+        if self.adapt_minimum is not None and not 0 <= self.adapt_minimum <= self.adapt_maximum:
+            raise HepdaskError(
+                f"cluster.gateway.adapt_minimum ({self.adapt_minimum}) must be between 0 and "
+                f"adapt_maximum ({self.adapt_maximum})."
+            )
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
+    kind: str | None = None  # local, address or gateway; address when `address` is set
     address: str | None = None  # an existing scheduler, e.g. "tcp://10.0.0.1:8786"
     n_workers: int | None = None  # local cluster: one per core when unset
     threads_per_worker: int = 1
     memory_limit: str = "auto"
     dashboard_address: str = "127.0.0.1:8787"
+    check_versions: bool = True  # refuse workers whose hepdask, dask, awkward, ... differ
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            object.__setattr__(self, "kind", "address" if self.address else "local")
+        _check_choice("cluster.kind", self.kind, CLUSTER_KINDS)
+        if self.kind == "address" and not self.address:
+            raise HepdaskError(
+                'cluster.kind = "address" needs cluster.address (e.g. "tcp://10.0.0.1:8786") '
+                "or --scheduler ADDRESS."
+            )
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,9 @@ def expand_files(patterns: Iterable[str], *, where: str, redirector: str | None 
     """Paths from a mix of file names, globs and ``.txt`` lists of paths (``#`` comments allowed).
 
     With a ``redirector``, logical file names (``/store/...``) that are not local files become
-    ``<redirector>//store/...`` URLs; URLs are passed on as they are.
+    ``<redirector>//store/...`` URLs; URLs are passed on as they are. Local paths are made
+    absolute: workers started elsewhere (by a gateway, a batch system) have other working
+    directories, and read the files by the same path on a shared file system.
     """
     paths: list[str] = []
     for pattern in patterns:
@@ -254,7 +256,7 @@ def expand_files(patterns: Iterable[str], *, where: str, redirector: str | None 
                     f"Config key {where}: the pattern {pattern!r} matches no file (relative "
                     f"paths are taken from the current directory, {os.getcwd()})."
                 )
-            paths += matches
+            paths += map(os.path.abspath, matches)
         elif not os.path.isfile(pattern):
             raise HepdaskError(
                 f"Config key {where} names {pattern}, which does not exist (relative paths are "
@@ -262,7 +264,7 @@ def expand_files(patterns: Iterable[str], *, where: str, redirector: str | None 
                 "the data first."
             )
         else:
-            paths.append(pattern)
+            paths.append(os.path.abspath(pattern))
     return paths
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from .config import FeaturesConfig, SplitConfig, pad_quantile
 from .dataset import Dataset, Partition, split_codes
 from .preprocess import Events
+from .progress import persist
 from .specs import BranchSpec, Specs
 
 __all__ = ["Column", "Features", "Layout", "SplitArrays", "build_features", "make_layout",
@@ -223,9 +224,10 @@ class Features:
         return getattr(self, split)
 
     def persist(self, *, client=None) -> Features:
-        """Compute the matrices into the workers' memory, all splits in one pass over the files."""
+        """Compute the matrices into the workers' memory, all splits in one pass over the files;
+        returns when they are there."""
         arrays = [self[s].matrix for s in SPLITS]
-        done = client.persist(arrays) if client is not None else dask.persist(*arrays)
+        done = persist(client, arrays) if client is not None else dask.persist(*arrays)
         return Features(self.layout, *(SplitArrays(matrix, self[s].block_samples)
                                        for s, matrix in zip(SPLITS, done, strict=True)))
 

@@ -15,19 +15,19 @@ The CLI is a thin layer over :class:`Pipeline`, so a notebook can do the same::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-
-from distributed import wait
 
 from . import evaluate as ev
 from .config import Config, load_config
 from .dataset import Dataset, open_dataset
 from .errors import HepdaskError
-from .features import SPLITS, Features, build_features, make_layout
+from .features import Features, build_features, make_layout
 from .outputs import write_json, write_text
+from .progress import Progress
 from .specs import Specs, cached_specs, compute_specs
 from .train import train_xgboost
 
@@ -47,12 +47,18 @@ class Pipeline:
         The run directory; ``<config.output>/<config.name>`` by default.
     client
         A :class:`distributed.Client`; the current default client when omitted.
+    progress
+        Draw a progress bar per phase on stderr. The phases and the training curves are
+        published to the cluster (its dashboard's ``/hepdask`` page) either way.
     """
 
-    def __init__(self, config: Config, *, output: str | Path | None = None, client=None):
+    def __init__(self, config: Config, *, output: str | Path | None = None, client=None,
+                 progress: bool = True):
         self.config = config
         self.run_dir = Path(output) if output is not None else config.run_dir
         self.client = client
+        self.show_progress = progress
+        self._progress: Progress | None = None
         self.timings: dict[str, float] = {}
         self.data_source: dict | None = None
         self.specs_reused: bool | None = None
@@ -66,9 +72,11 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, path: str | Path, *, overrides: Sequence[str] = (),
-                    output: str | Path | None = None, client=None) -> Pipeline:
+                    output: str | Path | None = None, client=None,
+                    progress: bool = True) -> Pipeline:
         """Read ``path`` (with ``key=value`` overrides) and make a pipeline of it."""
-        return cls(load_config(path, overrides), output=output, client=client)
+        return cls(load_config(path, overrides), output=output, client=client,
+                   progress=progress)
 
     def prepare_data(self) -> dict | None:
         """Create the files of a known data set (``[prepare]``) if they are missing."""
@@ -109,7 +117,7 @@ class Pipeline:
             if not reuse and path.exists():
                 path.unlink()
             client = self._client(client, required=False)
-            with self._timed("specs"):
+            with self._phase("specs", client):
                 self._specs = cached_specs(dataset, path)
                 self.specs_reused = self._specs is not None
                 if not self.specs_reused:
@@ -143,27 +151,27 @@ class Pipeline:
         engine = self.config.train.engine
         if engine == "xgboost":
             features = self.features(client=client, keep_reads=True)
-            with self._timed("features"):
+            with self._phase("features", client):
                 self._features = features = features.persist(client=client)
-                wait([features[s].matrix for s in SPLITS])
                 self._reads = None  # the features hold what training needs; free the raw reads
-            with self._timed("train"):
+            with self._phase("train", client, unit="rounds") as step:
                 self._model = train_xgboost(client, features, self.config.train.xgboost,
-                                            self.specs().n_classes)
+                                            self.specs().n_classes, on_round=step)
         else:
             features = self.features(client=client)
             train = self.config.train
-            with self._timed("train"):
+            with self._phase("train", client, unit="epochs") as step:
                 if engine == "keras":
                     from .train.keras import train_keras
 
                     self._model = train_keras(client, features, self.specs(), train.keras,
-                                              train.stream, self.run_dir, resume=resume)
+                                              train.stream, self.run_dir, resume=resume,
+                                              on_epoch=step)
                 else:
                     from .train.sklearn import train_sklearn
 
                     self._model = train_sklearn(client, features, self.specs(), train.sklearn,
-                                                train.stream)
+                                                train.stream, on_epoch=step)
             write_json(self.run_dir / "history.json", self._model.history)
         self._model.save(self.run_dir)
         write_json(self.run_dir / "features.json",  # how to rebuild the inputs from the files
@@ -174,7 +182,7 @@ class Pipeline:
         """Metrics and plots on the test split; writes metrics.json (last, so it marks a complete run)."""
         client = self._client(client)
         model = self._model or self.train(client=client)
-        with self._timed("evaluate"):
+        with self._phase("evaluate", client):
             scores, y, w = model.scores(client, self.features(client=client), "test")
             totals = self._class_totals()
             cfg = self.config.evaluate
@@ -204,9 +212,13 @@ class Pipeline:
             if self.config_text is not None:
                 write_text(self.run_dir / "config.toml", self.config_text)
             write_json(self.run_dir / "config.resolved.json", self.config.to_dict())
-            self.specs(client=client)
-            self.train(client=client, resume=resume)
-            return self.evaluate(client=client)
+            try:
+                self.specs(client=client)
+                self.train(client=client, resume=resume)
+                return self.evaluate(client=client)
+            finally:
+                if self._progress is not None:
+                    self._progress.close()
 
     def _client(self, client, *, required: bool = True):
         client = client or self.client
@@ -226,6 +238,20 @@ class Pipeline:
     def _class_totals(self) -> dict[int, float]:
         """Sum of weights per class over all splits (after the selection), from the specs."""
         return {label: spec.weight_sum for label, spec in self.specs().classes.items()}
+
+    @contextlib.contextmanager
+    def _phase(self, phase: str, client, *, unit: str = "tasks") -> Iterator[Callable]:
+        """A timed phase, published to the cluster with a progress bar. Yields
+        ``step(step, total, metrics)`` for the trainers to publish their rounds or epochs
+        (picklable: XGBoost calls it on a worker)."""
+        if client is None:
+            with self._timed(phase):
+                yield lambda *args: None
+            return
+        if self._progress is None or self._progress.client is not client:
+            self._progress = Progress(client, self.config.name, show=self.show_progress)
+        with self._timed(phase), self._progress.phase(phase, unit=unit):
+            yield functools.partial(self._progress.channel.step, unit=unit)
 
     @contextlib.contextmanager
     def _timed(self, phase: str) -> Iterator[None]:

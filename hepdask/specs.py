@@ -31,6 +31,7 @@ from .dataset import Dataset, Partition, split_codes
 from .errors import HepdaskError
 from .outputs import write_json
 from .preprocess import Branch, Events
+from .progress import compute
 
 __all__ = ["BranchSpec", "ClassSpec", "SampleSpec", "Specs", "cached_specs", "compute_specs",
            "load_or_compute_specs"]
@@ -225,8 +226,7 @@ def compute_specs(dataset: Dataset, *, client=None, events: dict[str, list] | No
             partials.append(dask.delayed(_partition_specs)(
                 part, dataset.branches, dataset.sentinel, partition, index, dataset.split
             ))
-    (branches, samples, classes, partitions), = dask.compute(_tree_merge(partials),
-                                                              scheduler=client)
+    (branches, samples, classes, partitions), = compute(client, _tree_merge(partials))
     for sample in dataset.samples:
         samples.setdefault(sample.name, SampleSpec())
     return Specs(

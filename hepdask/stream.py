@@ -20,6 +20,7 @@ import numpy as np
 
 from .config import StreamConfig
 from .features import Features, Layout, SplitArrays
+from .progress import iterate
 from .specs import Specs
 
 __all__ = ["BatchStream", "StreamedModel", "Transform", "make_transform", "predict_split"]
@@ -239,7 +240,7 @@ def predict_split(client, features: Features, split: str, transform: Transform, 
     stream = BatchStream(client, features, split, raw, batch_size=batch_size, prefetch=prefetch,
                          shuffle=False)
     scores, labels, weights = [], [], []
-    for X, y, w in stream.epoch():
+    for X, y, w in iterate(stream.epoch(), len(stream)):
         scores.append(np.asarray(predict(X), dtype=np.float64).reshape(len(y), -1))
         labels.append(y)
         weights.append(w)

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,8 +80,14 @@ class KerasModel(StreamedModel):
 
 
 def train_keras(client, features: Features, specs: Specs, config: KerasConfig,
-                stream: StreamConfig, run_dir: str | Path, *, resume: bool = False) -> KerasModel:
-    """Train on ``features.train`` streamed from ``client``'s workers; see the module docstring."""
+                stream: StreamConfig, run_dir: str | Path, *, resume: bool = False,
+                on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+                ) -> KerasModel:
+    """Train on ``features.train`` streamed from ``client``'s workers; see the module docstring.
+
+    ``on_epoch(epoch, epochs, logs)`` is called after each epoch (1-based), e.g. to publish
+    the curves.
+    """
     if client is None:
         raise HepdaskError("The keras engine needs a distributed Client to compute the batches.")
     keras = import_keras()
@@ -115,7 +121,8 @@ def train_keras(client, features: Features, specs: Specs, config: KerasConfig,
     target = _target_encoding(model, specs.n_classes, config.model)
 
     batches = _batches(keras, train, state.epoch + 1, target)
-    saver = _epoch_callback(keras, checkpoints, state, config.patience, batches)
+    saver = _epoch_callback(keras, checkpoints, state, config.patience, batches,
+                            on_epoch, config.epochs)
     if state.stopped:
         log.info("The checkpointed run had already stopped early; not training further")
     elif state.epoch + 1 < config.epochs:
@@ -234,7 +241,8 @@ class _State:
         return state if (directory / state.last).exists() else None
 
 
-def _epoch_callback(keras, directory: Path, state: _State, patience: int | None, batches):
+def _epoch_callback(keras, directory: Path, state: _State, patience: int | None, batches,
+                    on_epoch: Callable | None, epochs: int):
     """Checkpoint, history and early stopping after each epoch, restartable from ``state.json``."""
 
     class EpochCallback(keras.callbacks.Callback):
@@ -264,6 +272,8 @@ def _epoch_callback(keras, directory: Path, state: _State, patience: int | None,
             write_json(directory / "state.json", state.__dict__)  # the epoch is done once this is
             if previous and previous != state.last:
                 (directory / previous).unlink(missing_ok=True)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, epochs, logs)
             log.info("Epoch %d: %s%s", epoch + 1,
                      ", ".join(f"{k} {v:.4f}" for k, v in logs.items()),
                      " (best)" if improved else "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,8 +108,11 @@ def _check_partial_fit(cls: type, source: str) -> None:
 
 
 def train_sklearn(client, features: Features, specs: Specs, config: SklearnConfig,
-                  stream: StreamConfig) -> SklearnModel:
-    """Train ``config.estimator`` for ``config.epochs`` passes over the streamed training split."""
+                  stream: StreamConfig, *,
+                  on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+                  ) -> SklearnModel:
+    """Train ``config.estimator`` for ``config.epochs`` passes over the streamed training split;
+    ``on_epoch(epoch, epochs, metrics)`` is called after each (1-based)."""
     if client is None:
         raise HepdaskError("The sklearn engine needs a distributed Client to compute the batches.")
     estimator = make_estimator(config)
@@ -141,6 +145,9 @@ def train_sklearn(client, features: Features, specs: Specs, config: SklearnConfi
             if hasattr(estimator, "predict_proba") and scores.min() >= 0 and scores.max() <= 1:
                 history["validation"]["logloss"].append(float(log_loss(y, scores, labels=classes)))
             log.info("Epoch %d: validation AUC %.4f", epoch + 1, auc)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, config.epochs,
+                     {f"val_{k}": v[-1] for k, v in history["validation"].items() if v})
     train.release()
     model.history = {k: {m: v for m, v in h.items() if v} for k, h in history.items()}
     return model

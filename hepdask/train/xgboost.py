@@ -9,11 +9,13 @@ the whole training set.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
 import dask.array as da
+import distributed
 import numpy as np
 import xgboost
 import xgboost.dask as dxgb
@@ -22,6 +24,7 @@ from ..config import XGBoostConfig
 from ..errors import HepdaskError
 from ..features import Features
 from ..outputs import atomic_path
+from ..progress import compute
 from ..usercode import call_function, load_function
 
 __all__ = ["XGBoostModel", "train_xgboost"]
@@ -52,8 +55,7 @@ class XGBoostModel:
         Scores are the signal probability for two classes, one column per class otherwise.
         """
         arrays = features[split]
-        scores, y, w = client.compute([self.predict(client, arrays.X), arrays.y, arrays.w],
-                                      sync=True)
+        scores, y, w = compute(client, self.predict(client, arrays.X), arrays.y, arrays.w)
         scores = np.asarray(scores)
         if scores.ndim == 2 and scores.shape[1] == 2:  # a multi: objective on two classes
             scores = scores[:, 1]
@@ -74,12 +76,15 @@ class XGBoostModel:
         return path
 
 
-def train_xgboost(client, features: Features, config: XGBoostConfig,
-                  n_classes: int = 2) -> XGBoostModel:
+def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: int = 2, *,
+                  on_round: Callable[[int, int, dict[str, float]], None] | None = None,
+                  ) -> XGBoostModel:
     """Train on ``features.train``, early-stopping on ``features.validation`` when it has events.
 
     With more than two classes the objective becomes ``multi:softprob`` and the scores have
-    one column per class.
+    one column per class. ``on_round(round, rounds, metrics)`` is called after every boosting
+    round, on the worker that trains rank 0 (so it must pickle, like
+    :meth:`hepdask.progress.Channel.step`).
     """
     if client is None:
         raise HepdaskError(
@@ -122,6 +127,8 @@ def train_xgboost(client, features: Features, config: XGBoostConfig,
         output = dxgb.train(
             client, params, dtrain, num_boost_round=num_boost_round, evals=evals,
             early_stopping_rounds=early, verbose_eval=False,
+            callbacks=[_RoundCallback(on_round, num_boost_round)] if on_round else None,
+            coll_cfg=_collective_config(client),
         )
     except xgboost.core.XGBoostError as err:
         raise HepdaskError(
@@ -134,6 +141,30 @@ def train_xgboost(client, features: Features, config: XGBoostConfig,
     history = {name: {m: [float(v) for v in vals] for m, vals in metrics.items()}
                for name, metrics in output["history"].items()}
     return XGBoostModel(booster, features.names, params, history, best)
+
+
+class _RoundCallback(xgboost.callback.TrainingCallback):
+    """Reports each round's evaluation metrics, from the first rank only."""
+
+    def __init__(self, on_round: Callable, rounds: int):
+        super().__init__()
+        self.on_round, self.rounds = on_round, rounds
+
+    def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        if xgboost.collective.get_rank() == 0:
+            self.on_round(epoch + 1, self.rounds, {f"{split}-{metric}": values[-1]
+                                                   for split, metrics in evals_log.items()
+                                                   for metric, values in metrics.items()})
+        return False
+
+
+def _collective_config(client) -> xgboost.collective.Config | None:
+    """Behind a dask-gateway proxy the client's scheduler address is the proxy's, which the
+    workers cannot use: start XGBoost's tracker on the scheduler's own host instead."""
+    if not client.scheduler.address.startswith("gateway://"):
+        return None
+    own = client.scheduler_info()["address"]
+    return xgboost.collective.Config(tracker_host_ip=distributed.comm.get_address_host(own))
 
 
 def xgboost_params(config: XGBoostConfig, n_classes: int) -> tuple[dict, int]:
