@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -27,8 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.quiet)
     # A batch system's kill (SIGTERM) unwinds like Ctrl-C: clusters hepdask started are shut
     # down and no output is left half-written.
+    # `kill -USR1 PID` prints where every thread of a run that seems stuck is.
     with contextlib.suppress(ValueError):  # not in the main thread
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return args.func(args)
     except HepdaskError as err:

@@ -26,10 +26,10 @@ __all__ = ["Connection", "check_versions", "connect", "open_cluster"]
 log = logging.getLogger("hepdask")
 
 #: Packages whose versions must be the same here and on the workers: they define what a
-#: task does (the scheduler only needs what unpickles the plugin and the graph).
+#: task does. The scheduler runs the dashboard plugin and XGBoost's tracker.
 WORKER_PACKAGES = ("hepdask", "dask", "distributed", "dask_awkward", "awkward", "uproot",
                    "numpy", "xgboost")
-SCHEDULER_PACKAGES = ("hepdask", "dask", "distributed")
+SCHEDULER_PACKAGES = ("hepdask", "dask", "distributed", "xgboost")
 
 
 @dataclass
@@ -297,7 +297,7 @@ def _gateway_error(err: Exception, where: str) -> str:
 def check_versions(client: Client, *, packages: tuple[str, ...] = WORKER_PACKAGES) -> None:
     """Fail, naming package, versions and machines, if the scheduler or a worker runs other
     versions of ``packages`` than this process (``None`` = not installed)."""
-    versions = client.get_versions(packages=list(packages))
+    versions = client.get_versions(packages=sorted({*packages, *SCHEDULER_PACKAGES}))
     mine = versions["client"]["packages"]
     nodes = [("the scheduler", versions["scheduler"]["packages"], SCHEDULER_PACKAGES)]
     nodes += [(f"worker {addr}", info["packages"], packages)

@@ -151,7 +151,7 @@ class Progress:
             _current.reset(token)
             self._phase = None
             if self._bar is not None:
-                if name == "train":
+                if name == "train" and state == "end":
                     self._settle()
                 self._bar.close()
                 self._bar = None

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -142,7 +143,10 @@ def test_keras_trains_through_a_separate_scheduler_and_the_dashboard_shows_it(tm
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def training() -> dict | None:
-            state = get_json(page + "/progress.json")
+            try:
+                state = get_json(page + "/progress.json")
+            except urllib.error.HTTPError:  # hepdask has not added its page yet
+                return None
             mine = state["name"] == "higgs-keras" and state["columns"]["step"]
             return state if mine and proc.poll() is None else None
 
@@ -255,6 +259,11 @@ def running_clusters(server: dict) -> list[str]:
         _close_gateway(gateway)
 
 
+def no_clusters_left(server: dict) -> bool:
+    """The gateway lists a cluster until its shutdown is done: give it a little time."""
+    return wait_until(lambda: running_clusters(server) == [], 30, "the clusters to stop")
+
+
 def test_higgs_trains_on_a_gateway_cluster_and_shuts_it_down(tmp_path, gateway_env):
     adaptive = gateway_sets(gateway_env, worker_memory=1.5, adapt_minimum=1, adapt_maximum=2)
     result = hepdask(tmp_path, "run", str(HIGGS), *sets(SMALL), *sets(adaptive), "--report")
@@ -267,7 +276,7 @@ def test_higgs_trains_on_a_gateway_cluster_and_shuts_it_down(tmp_path, gateway_e
     assert f"Dashboard: {gateway_env['address']}/clusters/" in result.stderr
     report = (run / "dask-report.html").read_text()
     assert "Dask Performance Report" in report and "Task Stream" in report
-    assert running_clusters(gateway_env) == []
+    assert no_clusters_left(gateway_env)
 
 
 def test_keras_streams_through_the_gateway_proxy_only(tmp_path, gateway_env, monkeypatch):
@@ -285,7 +294,7 @@ def test_keras_streams_through_the_gateway_proxy_only(tmp_path, gateway_env, mon
     assert metrics["engine"] == "keras" and metrics["auc"] > 0.75
     assert peers and all(p.startswith("gateway://127.0.0.1:") for p in peers), peers
     assert progress["name"] == "higgs-keras" and len(progress["columns"]["step"]) >= 2
-    assert running_clusters(gateway_env) == []
+    assert no_clusters_left(gateway_env)
 
 
 def test_a_running_gateway_cluster_is_joined_by_name_and_left_running(tmp_path, gateway_env):
@@ -319,10 +328,16 @@ def test_an_interrupted_run_shuts_its_gateway_cluster_down(tmp_path, gateway_env
             break
     assert running_clusters(gateway_env), "".join(seen)
     proc.send_signal(signum)
-    rest = proc.communicate(timeout=120)[1]
+    try:
+        rest = proc.communicate(timeout=120)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # hepdask prints every thread's stack
+        time.sleep(2)
+        proc.kill()
+        pytest.fail("the interrupted run did not stop:\n" + proc.communicate()[1][-8000:])
     assert proc.returncode == 130, "".join(seen) + rest
     assert "interrupted" in rest and "Traceback" not in rest
-    assert running_clusters(gateway_env) == []
+    assert no_clusters_left(gateway_env)
     assert not (tmp_path / "runs" / "higgs" / "model.ubj").exists()
 
 
@@ -342,7 +357,7 @@ def test_gateway_mistakes_get_clear_errors(gateway_env, monkeypatch):
     assert "refused the credentials" in error()
     monkeypatch.delenv("DASK_GATEWAY_PASSWORD")
     assert "DASK_GATEWAY_PASSWORD" in error()
-    assert running_clusters(gateway_env) == []
+    assert no_clusters_left(gateway_env)
 
 
 def test_notebook_runs_against_the_gateway(tmp_path, gateway_env):
@@ -365,7 +380,7 @@ def test_notebook_runs_against_the_gateway(tmp_path, gateway_env):
     assert any("text/html" in o.get("data", {}) for o in outputs)  # the feature preview
     metrics = json.loads((tmp_path / "runs" / "higgs-gateway" / "metrics.json").read_text())
     assert metrics["auc"] > 0.85
-    assert running_clusters(gateway_env) == []
+    assert no_clusters_left(gateway_env)
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -383,6 +398,17 @@ def test_gateway_auth_comes_from_the_environment(monkeypatch):
     auth = _gateway_auth(GatewayConfig(auth="basic", username="ann", password_env="MY_PASSWORD"))
     assert (auth.username, auth.password) == ("ann", "pw")
     assert _gateway_auth(GatewayConfig()) is None  # dask-gateway's own config decides
+
+
+def test_an_unreachable_gateway_is_named(monkeypatch):
+    port = free_port()  # nothing listens there
+    config = ClusterConfig(kind="gateway", gateway=GatewayConfig(
+        address=f"http://127.0.0.1:{port}", auth="jupyterhub"))
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "unused")
+    with pytest.raises(HepdaskError) as info:
+        open_cluster(config)
+    message = str(info.value)
+    assert f"dask-gateway at http://127.0.0.1:{port}" in message and "reachable" in message
 
 
 def test_cluster_kind_is_checked():
