@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from .config import ClusterConfig, GatewayConfig
 from .errors import HepdaskError
@@ -85,6 +86,7 @@ def open_cluster(config: ClusterConfig, *, check: bool | None = None) -> Connect
         if config.check_versions if check is None else check:
             check_versions(connection.client)
         install_dashboard(connection.client)
+        connection.client.register_plugin(QuietExplainedErrors())
     except BaseException:
         connection.close()
         raise
@@ -321,6 +323,24 @@ def check_versions(client: Client, *, packages: tuple[str, ...] = WORKER_PACKAGE
         "with cluster.gateway.image), or run from an environment that matches it. "
         "cluster.check_versions = false skips this check."
     )
+
+
+class QuietExplainedErrors(WorkerPlugin):
+    """Workers log every failed task with its traceback. A :class:`HepdaskError` raised in a
+    task (an unreadable file, say) reaches the client, which explains it in one paragraph; the
+    worker's copy, with a traceback, would only bury that message in the terminal."""
+
+    name = "hepdask-quiet-explained-errors"
+    idempotent = True
+
+    def setup(self, worker) -> None:
+        logging.getLogger("distributed.worker").addFilter(_unexplained)
+
+
+def _unexplained(record: logging.LogRecord) -> bool:
+    explained = (str(record.msg).startswith("Compute Failed") and len(record.args or ()) > 3
+                 and str(record.args[3]).startswith("HepdaskError("))
+    return not explained
 
 
 def _import_stack() -> None:

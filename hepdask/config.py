@@ -72,6 +72,9 @@ class SampleConfig:
             )
 
 
+READ_ERROR_MODES = ("fail", "skip")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     tree: str = "events"
@@ -79,8 +82,17 @@ class DataConfig:
     sentinel: float | None = None  # value meaning "undefined" (HiggsML: -999.0)
     max_events: int | None = None  # use at most this many entries, taken from every file in proportion
     redirector: str | None = None  # XRootD prefix for logical file names (/store/...)
+    on_read_error: str = "fail"  # fail, or skip (and report) what cannot be read
+    timeout: int = 60  # seconds for a remote file to answer (XRootD takes whole seconds)
+    retries: int = 2  # more tries of a partition that could not be read, before giving up
 
     def __post_init__(self) -> None:
+        _check_choice("data.on_read_error", self.on_read_error, READ_ERROR_MODES)
+        if self.timeout <= 0 or self.retries < 0:
+            raise HepdaskError(
+                f"Config keys data.timeout ({self.timeout}) and data.retries ({self.retries}) "
+                "must be a positive number of seconds and a number of tries (0 or more)."
+            )
         if self.step_size <= 0:
             raise HepdaskError(
                 f"Config key data.step_size is {self.step_size}: it is the number of entries "

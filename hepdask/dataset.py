@@ -16,22 +16,30 @@ import hashlib
 import json
 import logging
 import os
+import sys
+import time
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
+import fsspec
 import numpy as np
 import uproot
+from uproot.deserialization import DeserializationError
 
 from .config import Config, SampleConfig, SplitConfig
 from .errors import HepdaskError
 from .preprocess import Branch, Preprocess, build_preprocess, describe_tree, missing_branch
 
-__all__ = ["Branch", "Dataset", "FileInfo", "Partition", "Sample", "expand_files", "open_dataset",
-           "split_codes"]
+__all__ = ["Branch", "Dataset", "FileInfo", "Partition", "ReadError", "ReadOptions", "Sample",
+           "expand_files", "open_dataset", "split_codes"]
 
 log = logging.getLogger("hepdask")
+
+#: What a damaged, truncated or unreachable file raises while its baskets are read.
+READ_ERRORS = (OSError, ValueError, zlib.error, DeserializationError)
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,50 @@ class FileInfo:
     entries: int  # entries used (all of them unless data.max_events limits them)
     size: int
     mtime: float
+    tag: str = ""  # a remote file's ETag or checksum, when its server gives one
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How partitions are read: what to do when one cannot be, and how hard to try."""
+
+    on_error: str = "fail"  # or "skip"
+    retries: int = 2
+    timeout: int = 60
+
+
+@dataclass(frozen=True)
+class ReadError:
+    """A file, or an entry range of one, that could not be read (``data.on_read_error``)."""
+
+    sample: str
+    file: str
+    error: str
+    start: int | None = None  # the entry range; None when the file could not be opened
+    stop: int | None = None
+    partition: int | None = None  # its index in the sample's partitions
+
+    @property
+    def events(self) -> int | None:
+        """Entries lost (None when the file could not be opened, so its size is unknown)."""
+        return None if self.start is None else self.stop - self.start
+
+    def describe(self) -> str:
+        where = self.file if self.start is None else f"{self.file} entries {self.start}-{self.stop}"
+        lost = "events unknown" if self.events is None else f"{self.events} events"
+        return f"{where} (sample {self.sample!r}, {lost}): {self.error}"
+
+    def to_dict(self) -> dict:
+        return {"sample": self.sample, "file": self.file, "start": self.start, "stop": self.stop,
+                "events": self.events, "error": self.error}
+
+
+class UnreadableFile(HepdaskError):
+    """A file that is not ROOT, cannot be reached, or lacks the tree."""
+
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -60,12 +112,14 @@ def split_codes(partition: Partition, config: SplitConfig, *,
                 entries: np.ndarray | None = None) -> np.ndarray:
     """0 (train), 1 (validation) or 2 (test) for each entry of ``partition`` (or ``entries``).
 
-    A SplitMix64 hash of the entry number, keyed by (seed, sample, file),
+    A SplitMix64 hash of the entry number, keyed by (seed, sample, file name),
     mapped to [0, 1): the same event always lands in the same split, whatever
-    the partitioning and whatever the event selection keeps around it.
+    the partitioning, whatever the event selection keeps around it, and wherever
+    the file is read from (a local copy, XRootD or HTTP).
     """
+    name = partition.file.rstrip("/").rsplit("/", 1)[-1]
     digest = hashlib.blake2b(
-        f"{config.seed}\0{partition.sample}\0{partition.file}".encode(), digest_size=8
+        f"{config.seed}\0{partition.sample}\0{name}".encode(), digest_size=8
     ).digest()
     key = np.uint64(int.from_bytes(digest, "little"))
     if entries is None:
@@ -88,6 +142,7 @@ class Sample:
     partitions: list[Partition]
     columns: list[str]  # the tree branches read: only those the run needs
     preprocess: Preprocess
+    read_options: ReadOptions = field(default_factory=ReadOptions)
 
     @property
     def name(self) -> str:
@@ -98,23 +153,59 @@ class Sample:
         return sum(f.entries for f in self.files)
 
     def events(self):
-        """The raw branches as a lazy :mod:`dask_awkward` array, one partition per :class:`Partition`."""
+        """The raw branches as a lazy :mod:`dask_awkward` array, one partition per :class:`Partition`.
+
+        A partition whose read raises one of :data:`READ_ERRORS` comes out empty (uproot's
+        ``allow_read_errors_with_report``); :func:`_apply` tells it from a real one by its
+        length. uproot's report collection is not used: it is a single partition that depends
+        on every read, so computing it would hold all the data at once.
+        """
         steps: dict[str, dict] = {}
         for part in self.partitions:
             steps.setdefault(part.file, {"object_path": self.tree, "steps": []})["steps"].append(
                 [part.start, part.stop]
             )
-        return uproot.dask(steps, filter_name=self.columns, open_files=False)
+        events, _ = uproot.dask(steps, filter_name=self.columns, open_files=False,
+                                allow_read_errors_with_report=READ_ERRORS,
+                                timeout=self.read_options.timeout)
+        return events
 
     def partitions_delayed(self) -> list:
         """One delayed :class:`~hepdask.preprocess.Events` per :class:`Partition`, in order."""
         prep = dask.delayed(self.preprocess, pure=True)
-        return [dask.delayed(_apply, pure=True)(prep, raw, self.name, part.start)
+        return [dask.delayed(_apply, pure=True)(prep, raw, part, self.tree, self.columns,
+                                                 self.read_options)
                 for raw, part in zip(self.events().to_delayed(), self.partitions, strict=True)]
 
 
-def _apply(prep: Preprocess, raw, sample: str, start: int):
-    return prep.apply(raw, sample, start)
+def _apply(prep: Preprocess, raw, partition: Partition, tree: str, columns: list[str],
+           options: ReadOptions):
+    """On a worker: preprocess one partition. A failed read (an empty partition) is tried
+    again, ``options.retries`` times (at least once, which also tells why it failed); then
+    the run fails or, with ``skip``, the partition stays empty and says why."""
+    error = None
+    if len(raw) != partition.size:
+        for attempt in range(max(1, options.retries)):
+            time.sleep(min(2.0**attempt, 10.0))
+            try:
+                with uproot.open(partition.file, timeout=options.timeout) as file:
+                    raw = file[tree].arrays(filter_name=columns, entry_start=partition.start,
+                                            entry_stop=partition.stop)
+                error = None
+                break
+            except READ_ERRORS as err:
+                error = f"{type(err).__name__}: {_one_line(err)}"
+    if error is not None and options.on_error == "fail":
+        lost = ReadError(partition.sample, partition.file, error, partition.start, partition.stop)
+        raise HepdaskError(
+            f"Could not read {lost.describe()}, after {max(1, options.retries) + 1} tries. Check the "
+            "file (is it complete? is its server up?), remove it from the sample, or set "
+            'data.on_read_error = "skip" to train without the entries that cannot be read.'
+        )
+    events = prep.apply(raw, partition.sample, partition.start)
+    if error is not None:
+        events.error, events.read = error, 0
+    return events
 
 
 @dataclass
@@ -125,6 +216,7 @@ class Dataset:
     preprocess: Preprocess
     sentinel: float | None
     split: SplitConfig
+    skipped: list[ReadError] = field(default_factory=list)  # files that could not be opened
 
     @property
     def notes(self) -> list[str]:
@@ -158,7 +250,7 @@ class Dataset:
                 {
                     "name": s.name,
                     "tree": s.tree,
-                    "files": [[f.path, f.size, f.mtime, f.entries] for f in s.files],
+                    "files": [[f.path, f.size, f.mtime, f.tag, f.entries] for f in s.files],
                     "steps": [[p.start, p.stop] for p in s.partitions],
                 }
                 for s in self.samples
@@ -177,34 +269,48 @@ def open_dataset(config: Config) -> Dataset:
     branches; every other file must have the branches its sample needs.
     """
     prep: Preprocess | None = None
+    data = config.data
+    options = ReadOptions(data.on_read_error, data.retries, data.timeout)
+    skipped: list[ReadError] = []
     found: list[tuple[SampleConfig, str, list[tuple[str, int]], list[str]]] = []
     for sample_config in config.samples:
-        tree = sample_config.tree or config.data.tree
+        tree = sample_config.tree or data.tree
         paths = expand_files(sample_config.files, where=f"samples.{sample_config.name}.files",
-                             redirector=config.data.redirector)
+                             redirector=data.redirector)
         files, columns = [], None
         for path in paths:
-            with _open_tree(path, tree, sample_config.name) as ttree:
-                if prep is None:
-                    prep = build_preprocess(config, *describe_tree(ttree), source=path)
-                columns = columns or prep.columns(sample_config.name)
-                _check_branches(ttree, columns, path, f"samples.{sample_config.name}")
-                files.append((path, ttree.num_entries))
+            try:
+                with _open_tree(path, tree, sample_config.name, timeout=data.timeout) as ttree:
+                    if prep is None:
+                        prep = build_preprocess(config, *describe_tree(ttree), source=path)
+                    columns = columns or prep.columns(sample_config.name)
+                    _check_branches(ttree, columns, path, f"samples.{sample_config.name}")
+                    files.append((path, ttree.num_entries))
+            except UnreadableFile as err:
+                if options.on_error == "fail":
+                    raise
+                skipped.append(ReadError(sample_config.name, path, err.reason))
+                log.warning("Skipping %s", skipped[-1].describe())
+        if not files:
+            raise HepdaskError(
+                f"No file of sample {sample_config.name!r} can be read ({len(paths)} skipped, "
+                'data.on_read_error = "skip"): see the messages above.'
+            )
         found.append((sample_config, tree, files, columns))
     assert prep is not None  # every sample has at least one file
-    limits = _entry_limits([n for _, _, files, _ in found for _, n in files], config.data.max_events)
+    limits = _entry_limits([n for _, _, files, _ in found for _, n in files], data.max_events)
     samples = []
     for sample_config, tree, files, columns in found:
-        infos = [_file_info(path, next(limits)) for path, _ in files]
+        infos = [_file_info(path, next(limits), data.timeout) for path, _ in files]
         partitions = [
-            Partition(sample_config.name, f.path, start, min(start + config.data.step_size, f.entries))
+            Partition(sample_config.name, f.path, start, min(start + data.step_size, f.entries))
             for f in infos
-            for start in range(0, f.entries, config.data.step_size)
+            for start in range(0, f.entries, data.step_size)
         ]
-        samples.append(Sample(sample_config, tree, infos, partitions, columns, prep))
+        samples.append(Sample(sample_config, tree, infos, partitions, columns, prep, options))
     for note in prep.notes:
         log.info(note)
-    return Dataset(samples, prep, config.data.sentinel, config.split)
+    return Dataset(samples, prep, data.sentinel, config.split, skipped)
 
 
 def _entry_limits(entries: list[int], max_events: int | None) -> Iterator[int]:
@@ -217,11 +323,20 @@ def _entry_limits(entries: list[int], max_events: int | None) -> Iterator[int]:
             yield min(n, max(1, round(n * max_events / total)))
 
 
-def _file_info(path: str, entries: int) -> FileInfo:
-    if _is_url(path):
-        return FileInfo(path, entries, -1, 0.0)
-    stat = os.stat(path)
-    return FileInfo(path, entries, stat.st_size, stat.st_mtime)
+def _file_info(path: str, entries: int, timeout: int) -> FileInfo:
+    """Size, modification time and (remote) ETag or checksum: what tells a changed file."""
+    if not _is_url(path):
+        stat = os.stat(path)
+        return FileInfo(path, entries, stat.st_size, stat.st_mtime)
+    fs, remote = fsspec.core.url_to_fs(path, timeout=timeout)
+    try:
+        info = fs.info(remote)
+    except (OSError, ValueError):
+        info = {}  # a server that cannot say: the specs are keyed by the URL and entries only
+    tag = next((str(info[k]) for k in ("checksum", "ETag", "etag", "Last-Modified") if info.get(k)),
+               "")
+    return FileInfo(path, entries, int(info.get("size") or -1), float(info.get("mtime") or 0.0),
+                    tag)
 
 
 def _is_url(path: str) -> bool:
@@ -241,7 +356,7 @@ def expand_files(patterns: Iterable[str], *, where: str, redirector: str | None 
         if redirector and pattern.startswith("/store/") and not os.path.exists(pattern):
             pattern = f"{redirector.rstrip('/')}/{pattern}"
         if _is_url(pattern):
-            paths.append(pattern)
+            paths += _remote_glob(pattern, where) if glob.has_magic(pattern) else [pattern]
         elif pattern.endswith(".txt"):
             listing = Path(pattern)
             if not listing.is_file():
@@ -268,23 +383,77 @@ def expand_files(patterns: Iterable[str], *, where: str, redirector: str | None 
     return paths
 
 
-@contextlib.contextmanager
-def _open_tree(path: str, tree: str, sample: str) -> Iterator[uproot.TTree]:
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (uproot's span several), cut to ``limit``."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _remote_glob(pattern: str, where: str) -> list[str]:
+    """The URLs matching a pattern on a server that lists directories (XRootD does)."""
+    fs, path = _remote_fs(pattern, where)
     try:
-        file = uproot.open(path)
-    except Exception as err:
+        matches = sorted(fs.glob(path))
+    except (OSError, ValueError, NotImplementedError) as err:
+        matches, reason = [], f" ({err})"
+    else:
+        reason = ""
+    if not matches:
         raise HepdaskError(
-            f"Could not read {path} (sample {sample!r}) as a ROOT file: {err}. Check that the "
-            "file is complete and really ROOT, or remove it from the sample."
+            f"Config key {where}: the pattern {pattern!r} matches no file{reason}. Check the "
+            "path; an HTTP server that does not list its directories needs the files named one "
+            "by one."
+        )
+    return [fs.unstrip_protocol(m) for m in matches]
+
+
+def _remote_fs(url: str, where: str):
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError:
+        raise HepdaskError(_missing_protocol(url, where)) from None
+
+
+def _missing_protocol(url: str, where: str) -> str:
+    if url.startswith("root://"):
+        return (f"{where} names {url}: reading XRootD (root://) needs fsspec-xrootd and the "
+                "xrootd bindings: pip install 'hepdask[xrootd]'.")
+    if url.startswith(("http://", "https://")):
+        return (f"{where} names {url}: reading HTTP needs aiohttp: pip install 'hepdask[http]'.")
+    return (f"{where} names {url}, whose protocol fsspec cannot read here; install the fsspec "
+            "package for it.")
+
+
+@contextlib.contextmanager
+def _open_tree(path: str, tree: str, sample: str, *, timeout: int = 60
+               ) -> Iterator[uproot.TTree]:
+    if (path.startswith("root://") and "tensorflow" in sys.modules
+            and "XRootD.client" not in sys.modules):
+        raise HepdaskError(
+            f"Reading {path} (sample {sample!r}) would load the XRootD bindings after TensorFlow, "
+            "which crashes this process. Import hepdask before TensorFlow (or keras), e.g. as "
+            "the first import of the notebook or script."
+        )
+    try:
+        file = uproot.open(path, timeout=timeout)
+    except ImportError:
+        raise HepdaskError(_missing_protocol(path, f"Sample {sample!r}")) from None
+    except Exception as err:
+        cause = _one_line(err) or type(err).__name__
+        raise UnreadableFile(
+            f"Could not read {path} (sample {sample!r}) as a ROOT file: {cause}. Check that the "
+            "file is complete, really ROOT and reachable, remove it from the sample, or set "
+            'data.on_read_error = "skip".', reason=f"not readable as ROOT: {cause}"
         ) from None
     try:
         obj = file[tree]
     except Exception:
         trees = [k.split(";")[0] for k, c in file.classnames().items() if c in ("TTree", "TNtuple")]
         file.close()
-        raise HepdaskError(
+        raise UnreadableFile(
             f"The file {path} (sample {sample!r}) has no tree {tree!r}; its trees are "
-            f"{trees or 'none'}. Set the tree name with the sample's 'tree' key or [data] tree."
+            f"{trees or 'none'}. Set the tree name with the sample's 'tree' key or [data] tree.",
+            reason=f"no tree {tree!r} (its trees: {trees or 'none'})",
         ) from None
     try:
         if not isinstance(obj, uproot.TTree):

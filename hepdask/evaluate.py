@@ -246,6 +246,12 @@ def summary(metrics: Mapping, run_dir: str | Path) -> str:
     data = metrics.get("data", {})
     if "source" in data:
         lines.append(f"Data: {data.get('dataset', '')} {data['source']}".replace("  ", " "))
+    if metrics.get("read_errors"):
+        errors = metrics["read_errors"]
+        known = sum(e["events"] for e in errors if e["events"] is not None)
+        unknown = sum(e["events"] is None for e in errors)
+        lines.append(f"Skipped (unreadable): {len(errors)} files or ranges, {known} events lost"
+                     + (f", and {unknown} file(s) that could not be opened" if unknown else ""))
     lines.append(f"Events: {metrics.get('n_train', 0)} train, {metrics.get('n_validation', 0)} "
                  f"validation, {metrics['n_test']} test; {metrics.get('features', '?')} features")
     if "n_classes" in metrics and "auc" in metrics:

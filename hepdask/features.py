@@ -26,6 +26,7 @@ import numpy as np
 
 from .config import FeaturesConfig, SplitConfig, pad_quantile
 from .dataset import Dataset, Partition, split_codes
+from .errors import HepdaskError
 from .preprocess import Events
 from .progress import persist
 from .specs import BranchSpec, Specs
@@ -265,6 +266,12 @@ def build_features(dataset: Dataset, layout: Layout, specs: Specs, *,
 def _partition_block(events: Events, layout: Layout, partition: Partition,
                      split: SplitConfig) -> np.ndarray:
     """Features, label and weight of one partition, rows grouped train | validation | test."""
+    if events.error:  # read when the specs were computed (else it would not be read again)
+        raise HepdaskError(
+            f"{partition.file} entries {partition.start}-{partition.stop} (sample "
+            f"{partition.sample!r}) could be read for the specs but not now: {events.error}. "
+            "Run again when the file is reachable, or remove it from the sample."
+        )
     block = np.empty((len(events), layout.width + 2), dtype=np.float32, order="F")
     partition_matrix(events.values, layout, out=block[:, : layout.width])
     block[:, layout.width] = events.label

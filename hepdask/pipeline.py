@@ -126,6 +126,8 @@ class Pipeline:
                     self._specs = compute_specs(dataset, client=client, events=self._reads)
                     self._specs.save(path)
             log.info("Specs %s: %s", "reused" if self.specs_reused else "computed", path)
+            for error in self._specs.read_errors:
+                log.warning("Skipped %s", error.describe())
         return self._specs
 
     def features(self, *, client=None, keep_reads: bool = False) -> Features:
@@ -199,6 +201,7 @@ class Pipeline:
             "data": self.data_source or {"source": "config files"},
             "selection": {name: {"read": s.read, "selected": s.events}
                           for name, s in self.specs().samples.items()},
+            "read_errors": [error.to_dict() for error in self.specs().read_errors],
             "specs_reused": self.specs_reused,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         })

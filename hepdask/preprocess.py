@@ -66,6 +66,7 @@ class Events:
     weight: np.ndarray  # float64
     entry: np.ndarray  # int64 entry number in the file, for the split
     read: int  # events read, before the event selection
+    error: str | None = None  # why the partition could not be read (data.on_read_error = "skip")
 
     def __len__(self) -> int:
         return len(self.entry)

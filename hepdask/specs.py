@@ -27,7 +27,7 @@ import dask
 import numpy as np
 
 from .config import SplitConfig
-from .dataset import Dataset, Partition, split_codes
+from .dataset import Dataset, Partition, ReadError, split_codes
 from .errors import HepdaskError
 from .outputs import write_json
 from .preprocess import Branch, Events
@@ -36,7 +36,7 @@ from .progress import compute
 __all__ = ["BranchSpec", "ClassSpec", "SampleSpec", "Specs", "cached_specs", "compute_specs",
            "load_or_compute_specs"]
 
-SPECS_VERSION = 2
+SPECS_VERSION = 3
 
 
 @dataclass
@@ -155,6 +155,7 @@ class Specs:
     samples: dict[str, SampleSpec]
     classes: dict[int, ClassSpec] = field(default_factory=dict)
     partitions: dict[str, list[list[int]]] = field(default_factory=dict)  # sample -> [tr, va, te]
+    read_errors: list[ReadError] = field(default_factory=list)  # skipped (on_read_error = "skip")
     created: str = ""
 
     @property
@@ -173,6 +174,7 @@ class Specs:
             "classes": {str(k): asdict(v) for k, v in sorted(self.classes.items())},
             "branches": {k: v.to_dict() for k, v in self.branches.items()},
             "partitions": self.partitions,
+            "read_errors": [asdict(e) for e in self.read_errors],
         })
 
     @classmethod
@@ -187,6 +189,7 @@ class Specs:
                 samples={k: SampleSpec(**v) for k, v in data["samples"].items()},
                 classes={int(k): ClassSpec(**v) for k, v in data["classes"].items()},
                 partitions=data["partitions"],
+                read_errors=[ReadError(**e) for e in data["read_errors"]],
                 created=data.get("created", ""),
             )
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -226,10 +229,15 @@ def compute_specs(dataset: Dataset, *, client=None, events: dict[str, list] | No
             partials.append(dask.delayed(_partition_specs)(
                 part, dataset.branches, dataset.sentinel, partition, index, dataset.split
             ))
-    (branches, samples, classes, partitions), = compute(client, _tree_merge(partials))
+    (branches, samples, classes, partitions, errors), = compute(client, _tree_merge(partials))
     for sample in dataset.samples:
         samples.setdefault(sample.name, SampleSpec())
+    read_errors = list(dataset.skipped) + [
+        ReadError(s.name, part.file, errors[(s.name, i)], part.start, part.stop, i)
+        for s in dataset.samples for i, part in enumerate(s.partitions) if (s.name, i) in errors
+    ]
     return Specs(
+        read_errors=read_errors,
         fingerprint=dataset.fingerprint(),
         branches=branches,
         samples=samples,
@@ -278,7 +286,8 @@ def _partition_specs(events: Events, branches: Iterable[Branch], sentinel: float
     }
     codes = split_codes(partition, split, entries=events.entry)
     counts = {(partition.sample, index): np.bincount(codes, minlength=3).tolist()}
-    return out, sample, classes, counts
+    errors = {(partition.sample, index): events.error} if events.error else {}
+    return out, sample, classes, counts, errors
 
 
 def _class_sums(labels: np.ndarray, weights: np.ndarray):
@@ -306,11 +315,11 @@ def _summarise(branch: Branch, values: np.ndarray, sentinel: float | None,
 
 
 def _merge_pair(a, b):
-    branches_a, samples_a, classes_a, partitions_a = a
-    branches_b, samples_b, classes_b, partitions_b = b
+    branches_a, samples_a, classes_a, partitions_a, errors_a = a
+    branches_b, samples_b, classes_b, partitions_b, errors_b = b
     branches = {k: branches_a[k].merge(branches_b[k]) for k in branches_a}
     return branches, _merge_dict(samples_a, samples_b), _merge_dict(classes_a, classes_b), \
-        {**partitions_a, **partitions_b}
+        {**partitions_a, **partitions_b}, {**errors_a, **errors_b}
 
 
 def _merge_dict(a: dict, b: dict) -> dict:

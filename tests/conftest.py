@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import uproot
 
+import hepdask  # noqa: F401  (before any test module imports TensorFlow: see hepdask/__init__)
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
