@@ -29,12 +29,12 @@ import numpy as np
 import uproot
 from uproot.deserialization import DeserializationError
 
-from .config import Config, SampleConfig, SplitConfig
+from .config import Config, DataConfig, SampleConfig, SplitConfig
 from .errors import HepdaskError
 from .preprocess import Branch, Preprocess, build_preprocess, describe_tree, missing_branch
 
-__all__ = ["Branch", "Dataset", "FileInfo", "Partition", "ReadError", "ReadOptions", "Sample",
-           "expand_files", "open_dataset", "split_codes"]
+__all__ = ["Branch", "Dataset", "FileInfo", "Partition", "ReadError", "Sample", "expand_files",
+           "open_dataset", "split_codes"]
 
 log = logging.getLogger("hepdask")
 
@@ -49,15 +49,6 @@ class FileInfo:
     size: int
     mtime: float
     tag: str = ""  # a remote file's ETag or checksum, when its server gives one
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """How partitions are read: what to do when one cannot be, and how hard to try."""
-
-    on_error: str = "fail"  # or "skip"
-    retries: int = 2
-    timeout: int = 60
 
 
 @dataclass(frozen=True)
@@ -142,7 +133,7 @@ class Sample:
     partitions: list[Partition]
     columns: list[str]  # the tree branches read: only those the run needs
     preprocess: Preprocess
-    read_options: ReadOptions = field(default_factory=ReadOptions)
+    data: DataConfig = field(default_factory=DataConfig)  # timeout, retries, on_read_error
 
     @property
     def name(self) -> str:
@@ -167,38 +158,38 @@ class Sample:
             )
         events, _ = uproot.dask(steps, filter_name=self.columns, open_files=False,
                                 allow_read_errors_with_report=READ_ERRORS,
-                                timeout=self.read_options.timeout)
+                                timeout=self.data.timeout)
         return events
 
     def partitions_delayed(self) -> list:
         """One delayed :class:`~hepdask.preprocess.Events` per :class:`Partition`, in order."""
         prep = dask.delayed(self.preprocess, pure=True)
         return [dask.delayed(_apply, pure=True)(prep, raw, part, self.tree, self.columns,
-                                                 self.read_options)
+                                                 self.data)
                 for raw, part in zip(self.events().to_delayed(), self.partitions, strict=True)]
 
 
 def _apply(prep: Preprocess, raw, partition: Partition, tree: str, columns: list[str],
-           options: ReadOptions):
+           data: DataConfig):
     """On a worker: preprocess one partition. A failed read (an empty partition) is tried
-    again, ``options.retries`` times (at least once, which also tells why it failed); then
-    the run fails or, with ``skip``, the partition stays empty and says why."""
+    again, ``data.retries`` times (at least once, which also tells why it failed); then the
+    run fails or, with ``data.on_read_error = "skip"``, the partition stays empty and says why."""
     error = None
     if len(raw) != partition.size:
-        for attempt in range(max(1, options.retries)):
+        for attempt in range(max(1, data.retries)):
             time.sleep(min(2.0**attempt, 10.0))
             try:
-                with uproot.open(partition.file, timeout=options.timeout) as file:
+                with uproot.open(partition.file, timeout=data.timeout) as file:
                     raw = file[tree].arrays(filter_name=columns, entry_start=partition.start,
                                             entry_stop=partition.stop)
                 error = None
                 break
             except READ_ERRORS as err:
                 error = f"{type(err).__name__}: {_one_line(err)}"
-    if error is not None and options.on_error == "fail":
+    if error is not None and data.on_read_error == "fail":
         lost = ReadError(partition.sample, partition.file, error, partition.start, partition.stop)
         raise HepdaskError(
-            f"Could not read {lost.describe()}, after {max(1, options.retries) + 1} tries. Check the "
+            f"Could not read {lost.describe()}, after {max(1, data.retries) + 1} tries. Check the "
             "file (is it complete? is its server up?), remove it from the sample, or set "
             'data.on_read_error = "skip" to train without the entries that cannot be read.'
         )
@@ -270,7 +261,6 @@ def open_dataset(config: Config) -> Dataset:
     """
     prep: Preprocess | None = None
     data = config.data
-    options = ReadOptions(data.on_read_error, data.retries, data.timeout)
     skipped: list[ReadError] = []
     found: list[tuple[SampleConfig, str, list[tuple[str, int]], list[str]]] = []
     for sample_config in config.samples:
@@ -287,7 +277,7 @@ def open_dataset(config: Config) -> Dataset:
                     _check_branches(ttree, columns, path, f"samples.{sample_config.name}")
                     files.append((path, ttree.num_entries))
             except UnreadableFile as err:
-                if options.on_error == "fail":
+                if data.on_read_error == "fail":
                     raise
                 skipped.append(ReadError(sample_config.name, path, err.reason))
                 log.warning("Skipping %s", skipped[-1].describe())
@@ -307,7 +297,7 @@ def open_dataset(config: Config) -> Dataset:
             for f in infos
             for start in range(0, f.entries, data.step_size)
         ]
-        samples.append(Sample(sample_config, tree, infos, partitions, columns, prep, options))
+        samples.append(Sample(sample_config, tree, infos, partitions, columns, prep, data))
     for note in prep.notes:
         log.info(note)
     return Dataset(samples, prep, data.sentinel, config.split, skipped)
