@@ -49,6 +49,15 @@ def ensure_data(make, directory: Path, events: int, what: str = "synthetic") -> 
     print(f"data: {events} {what} events in {directory} ({time.perf_counter() - start:.1f} s)")
 
 
+def higgs_data(root: Path, *events: int) -> list[Path]:
+    """The directories ``root/higgs-N`` of synthetic HiggsML files for these event counts, made
+    once and then reused (``overrides`` reads N off the name)."""
+    directories = [root / f"higgs-{n}" for n in events]
+    for directory, n in zip(directories, events, strict=True):
+        ensure_data(make_data, directory, n)
+    return directories
+
+
 def overrides(directory: Path, workers: int, run_dir: Path, threads: int = 1) -> list[str]:
     events = int(directory.name.rsplit("-", 1)[1])
     return [f"prepare.directory='{directory}'", "prepare.download=false", "prepare.seed=1",
@@ -199,9 +208,7 @@ def main() -> None:
     if args is None:
         return
 
-    big, small = args.data / f"higgs-{args.prep_events}", args.data / f"higgs-{args.train_events}"
-    for directory, events in ((big, args.prep_events), (small, args.train_events)):
-        ensure_data(make_data, directory, events)
+    big, small = higgs_data(args.data, args.prep_events, args.train_events)
     w = str(args.workers)
 
     print(f"\n[1] data prep, {args.prep_events} events, {args.workers} workers")

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_core import child, make_data, overrides, parse, peak_rss_mb
+from bench_core import child, higgs_data, overrides, parse, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "higgs-keras.toml"
@@ -100,9 +100,7 @@ def main() -> None:
     if args is None:
         return
 
-    small, big = args.data / f"higgs-{args.events}", args.data / f"higgs-{args.big_events}"
-    for directory, events in ((small, args.events), (big, args.big_events)):
-        make_data(directory, events)
+    small, big = higgs_data(args.data, args.events, args.big_events)
     w = str(args.workers)
 
     print(f"[1] 3 epochs, 1024-512-256 dense net, batch 1000, {args.events} events, {w} workers")

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_core import CONFIG, EVENTS_PER_FILE, ensure_data, make_data, overrides, parse
+from bench_core import CONFIG, EVENTS_PER_FILE, higgs_data, overrides, parse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import servers  # the tests' loopback XRootD server
@@ -45,9 +45,8 @@ def main() -> None:
     from hepdask.cluster import _import_stack
 
     root = servers.exported_directory()
-    directory = root / "store" / f"higgs-{args.events}"  # overrides() reads the count off the name
     try:
-        ensure_data(make_data, directory, args.events)
+        (directory,) = higgs_data(root / "store", args.events)
         local = (f"{directory}/signal_*.root", f"{directory}/background_*.root")
         with servers.xrootd(root) as url, LocalCluster(
                 n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench_core import CONFIG, child, ensure_data, make_data, overrides, parse
+from bench_core import CONFIG, child, higgs_data, overrides, parse
 
 
 def step_run(directory: str, workers: int, address: str | None = None) -> dict:
@@ -114,8 +114,7 @@ def main() -> None:
         return
     from hepdask import load_config
 
-    directory = args.data / f"higgs-{args.events}"
-    ensure_data(make_data, directory, args.events)
+    (directory,) = higgs_data(args.data, args.events)
     w, d = args.workers, str(directory)
     # the same memory limit per worker as the local clusters get from the config
     memory = load_config(CONFIG, overrides(directory, w, directory / "unused")).cluster.memory_limit

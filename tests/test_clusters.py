@@ -8,7 +8,6 @@ import getpass
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import free_port
 from test_pipeline import HIGGS, REPO, SMALL, hepdask
 
 from hepdask import HepdaskError, Pipeline, __version__, load_config
@@ -32,12 +32,6 @@ pytest.importorskip("dask_gateway_server")
 KERAS = HIGGS.with_name("higgs-keras.toml")
 KERAS_SMALL = [*SMALL, "train.keras.epochs=4", "train.stream.batch_size=500"]
 PASSWORD = "hepdask-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(condition, timeout: float, what: str):
