@@ -13,14 +13,15 @@ import sys
 if "tensorflow" not in sys.modules:
     # The XRootD bindings segfault when first imported after TensorFlow (xrootd 6.2 with
     # tensorflow-cpu 2.21, measured); imported first they are fine, so load them now (16 ms)
-    # for root:// files read after a Keras model is built. See dataset._open_tree otherwise.
+    # for root:// files read after a Keras model is built. See dataset.open_tree otherwise.
     with contextlib.suppress(ImportError):
         import XRootD.client  # noqa: F401
 
+from .bundle import Bundle
 from .config import Config, load_config
 from .errors import HepdaskError
 from .pipeline import Pipeline
 
-__all__ = ["Config", "HepdaskError", "Pipeline", "__version__", "load_config"]
+__all__ = ["Bundle", "Config", "HepdaskError", "Pipeline", "__version__", "load_config"]
 
 __version__ = "0.1.0"

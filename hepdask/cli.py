@@ -1,5 +1,5 @@
-"""``python -m hepdask``: run, specs, data, convert-mlaas4hep. A thin layer over
-:class:`hepdask.Pipeline`."""
+"""``python -m hepdask``: run, specs, predict, serve, data, convert-mlaas4hep. A thin layer
+over :class:`hepdask.Pipeline`, :func:`hepdask.predict.predict` and :mod:`hepdask.serve`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .config import CLUSTER_KINDS
 from .errors import HepdaskError
+from .predict import FORMATS
 
 __all__ = ["main"]
 
@@ -47,13 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hepdask", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def with_config(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("config", nargs="?" if name == "run" else None,
-                       help="the run's TOML file, e.g. configs/higgs.toml")
+    def with_cluster(p: argparse.ArgumentParser, example: str = "split.seed=7") -> None:
         p.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="override a config key, e.g. split.seed=7")
-        p.add_argument("--output", help="run directory (default: <output>/<name> from the config)")
+                       metavar="KEY=VALUE", help=f"override a config key, e.g. {example}")
         cluster = p.add_argument_group("cluster (default: [cluster] of the config)")
         cluster.add_argument("--cluster", choices=CLUSTER_KINDS, help="cluster.kind")
         cluster.add_argument("--scheduler", metavar="ADDRESS",
@@ -63,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
                                   "(cluster.kind=gateway)")
         p.add_argument("-q", "--quiet", action="store_true",
                        help="only warnings and errors, no progress bars")
+
+    def with_config(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("config", nargs="?" if name == "run" else None,
+                       help="the run's TOML file, e.g. configs/higgs.toml")
+        p.add_argument("--output", help="run directory (default: <output>/<name> from the config)")
+        with_cluster(p)
         return p
 
     run = with_config("run", "prepare data, compute specs, train and evaluate")
@@ -90,6 +95,51 @@ def _parser() -> argparse.ArgumentParser:
     specs = with_config("specs", "compute (or reuse) the per-branch specs and print them")
     specs.add_argument("--recompute", action="store_true", help="ignore a cached specs.json")
     specs.set_defaults(func=_specs)
+
+    predict = sub.add_parser(
+        "predict", help="score new ROOT files with a trained model, on the cluster",
+        description="Score every event of FILES with the model of RUN_DIR, on the cluster, and "
+                    "write one output per file: a ROOT friend tree (same entries, same order) or "
+                    "parquet. The cluster and data settings are the run's, unless overridden.")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="a finished run, e.g. runs/higgs")
+    predict.add_argument("files", metavar="FILES", nargs="+",
+                         help="ROOT files, globs, .txt lists or root:// / http(s):// URLs")
+    predict.add_argument("-o", "--output", required=True, metavar="DIR",
+                         help="where to write the outputs (named like the inputs)")
+    predict.add_argument("--format", choices=FORMATS, default="root",
+                         help="root (a friend tree, default) or parquet")
+    predict.add_argument("--tree", help="the input tree (default: the training's)")
+    predict.add_argument("--friend-tree", metavar="NAME",
+                         help="the output tree's name (default: the model's name)")
+    predict.add_argument("--branch", default="score",
+                         help="the score's branch name (default %(default)s; score_<class> "
+                              "for more than two classes)")
+    predict.add_argument("--passthrough", nargs="+", default=[], metavar="BRANCH",
+                         help="input branches copied to the output")
+    predict.add_argument("--step-size", type=int, metavar="N",
+                         help="entries per partition (default: the training's)")
+    with_cluster(predict, example="data.timeout=120 or cluster.n_workers=4")
+    predict.set_defaults(func=_predict)
+
+    serve = sub.add_parser(
+        "serve", help="serve trained models over HTTP",
+        description="An HTTP inference service for the models of RUN_DIR...: POST /predict (raw "
+                    "branch values in, scores out), the TFaaS-compatible POST /json, GET /models, "
+                    "GET /health; API docs at /docs.")
+    serve.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
+                       help="finished runs, as RUN_DIR or NAME=RUN_DIR (the name clients use; "
+                            "default: the run's name)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="the address to listen on (default %(default)s: this machine only)")
+    serve.add_argument("--port", type=int, default=8083, help="default %(default)s (TFaaS's)")
+    serve.add_argument("--token-file", metavar="PATH",
+                       help="require 'Authorization: Bearer <token>' with the token in PATH")
+    serve.add_argument("--max-request-mb", type=float, default=16.0, metavar="MB",
+                       help="refuse larger requests with 413 (default %(default)s)")
+    serve.add_argument("--max-events", type=int, default=100_000, metavar="N",
+                       help="refuse requests with more events with 413 (default %(default)s)")
+    serve.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    serve.set_defaults(func=_serve)
 
     data = sub.add_parser("data", help="prepare a known data set as ROOT files")
     data.add_argument("dataset", choices=["higgs"], help="higgs: the 2014 ATLAS HiggsML challenge")
@@ -238,6 +288,57 @@ def _specs(args) -> int:
         specs = pipe.specs(client=client, reuse=not args.recompute)
     print(specs.table())
     return 0
+
+
+def _predict(args) -> int:
+    from .bundle import Bundle
+    from .cluster import connect
+    from .predict import predict
+    from .progress import Progress
+
+    bundle = Bundle.load(args.run_dir)
+    cluster, data = _run_tables(Path(args.run_dir), _overrides(args))
+    start = time.perf_counter()
+    with connect(cluster) as client:
+        progress = Progress(client, f"{bundle.name}: predict", show=not args.quiet)
+        try:
+            with progress.phase("predict", unit="partitions"):
+                done = predict(bundle, args.files, args.output, client=client, tree=args.tree,
+                               friend_tree=args.friend_tree, format=args.format,
+                               branch=args.branch, passthrough=args.passthrough,
+                               step_size=args.step_size, data=data)
+        finally:
+            progress.close()
+    seconds = time.perf_counter() - start
+    events = sum(d.entries for d in done)
+    where = f"tree {args.friend_tree or bundle.name!r}" if args.format == "root" else "parquet"
+    print(f"Scored {events} events in {len(done)} file(s) with the {bundle.engine} model "
+          f"{bundle.name!r} in {seconds:.1f} s ({events / max(seconds, 1e-9):,.0f} events/s); "
+          f"outputs ({where}) in {args.output}")
+    return 0
+
+
+def _serve(args) -> int:
+    from .serve import load_bundles, read_token, serve
+
+    token = read_token(args.token_file) if args.token_file else None
+    serve(load_bundles(args.run_dirs), host=args.host, port=args.port, token=token,
+          max_request_mb=args.max_request_mb, max_events=args.max_events)
+    return 0
+
+
+def _run_tables(run_dir: Path, overrides: Sequence[str]):
+    """The [cluster] and [data] tables of the run in ``run_dir``, with ``overrides``."""
+    from .config import ClusterConfig, DataConfig, apply_overrides, from_table
+
+    path = run_dir / "config.resolved.json"
+    resolved = json.loads(path.read_text()) if path.is_file() else {}
+    raw = apply_overrides({k: resolved.get(k, {}) for k in ("cluster", "data")}, overrides)
+    other = sorted(set(raw) - {"cluster", "data"})
+    if other:
+        raise HepdaskError(f"predict takes --set for cluster.* and data.* keys only, not {other}.")
+    return (from_table(ClusterConfig, raw["cluster"], "cluster"),
+            from_table(DataConfig, raw["data"], "data"))
 
 
 def _data(args) -> int:

@@ -36,6 +36,8 @@ __all__ = [
     "TrainConfig",
     "XGBoostConfig",
     "apply_overrides",
+    "from_dict",
+    "from_table",
     "load_config",
 ]
 
@@ -437,6 +439,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 def from_dict(raw: Mapping[str, Any]) -> Config:
     """Validate a plain mapping (as parsed from TOML) into a :class:`Config`."""
     return _build(Config, raw, "")
+
+
+def from_table(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    """Validate one table of a config on its own, e.g. ``from_table(ClusterConfig, raw["cluster"],
+    "cluster")``: for commands that take only part of a run's config."""
+    return _build(cls, table, where)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

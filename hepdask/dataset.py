@@ -34,7 +34,7 @@ from .errors import HepdaskError
 from .preprocess import Branch, Preprocess, build_preprocess, describe_tree, missing_branch
 
 __all__ = ["Branch", "Dataset", "FileInfo", "Partition", "ReadError", "Sample", "expand_files",
-           "open_dataset", "split_codes"]
+           "open_dataset", "open_tree", "read_again", "read_lazily", "split_codes", "unreadable"]
 
 log = logging.getLogger("hepdask")
 
@@ -144,22 +144,9 @@ class Sample:
         return sum(f.entries for f in self.files)
 
     def events(self):
-        """The raw branches as a lazy :mod:`dask_awkward` array, one partition per :class:`Partition`.
-
-        A partition whose read raises one of :data:`READ_ERRORS` comes out empty (uproot's
-        ``allow_read_errors_with_report``); :func:`_apply` tells it from a real one by its
-        length. uproot's report collection is not used: it is a single partition that depends
-        on every read, so computing it would hold all the data at once.
-        """
-        steps: dict[str, dict] = {}
-        for part in self.partitions:
-            steps.setdefault(part.file, {"object_path": self.tree, "steps": []})["steps"].append(
-                [part.start, part.stop]
-            )
-        events, _ = uproot.dask(steps, filter_name=self.columns, open_files=False,
-                                allow_read_errors_with_report=READ_ERRORS,
-                                timeout=self.data.timeout)
-        return events
+        """The raw branches as a lazy :mod:`dask_awkward` array, one partition per :class:`Partition`
+        (see :func:`read_lazily`)."""
+        return read_lazily(self.partitions, self.tree, self.columns, self.data)
 
     def partitions_delayed(self) -> list:
         """One delayed :class:`~hepdask.preprocess.Events` per :class:`Partition`, in order."""
@@ -169,30 +156,61 @@ class Sample:
                 for raw, part in zip(self.events().to_delayed(), self.partitions, strict=True)]
 
 
+def read_lazily(partitions: Sequence[Partition], tree: str, columns: Sequence[str],
+                data: DataConfig):
+    """The ``columns`` of ``partitions`` as a lazy :mod:`dask_awkward` array, one partition each.
+
+    A partition whose read raises one of :data:`READ_ERRORS` comes out empty (uproot's
+    ``allow_read_errors_with_report``); :func:`read_again` tells it from a real one by its
+    length. uproot's report collection is not used: it is a single partition that depends on
+    every read, so computing it would hold all the data at once.
+    """
+    steps: dict[str, dict] = {}
+    for part in partitions:
+        steps.setdefault(part.file, {"object_path": tree, "steps": []})["steps"].append(
+            [part.start, part.stop]
+        )
+    events, _ = uproot.dask(steps, filter_name=list(columns), open_files=False,
+                            allow_read_errors_with_report=READ_ERRORS, timeout=data.timeout)
+    return events
+
+
+def read_again(raw, partition: Partition, tree: str, columns: Sequence[str], data: DataConfig):
+    """On a worker: ``raw`` as read by :func:`read_lazily`, or, when that read failed (an empty
+    partition), read again ``data.retries`` times (at least once, which also tells why it
+    failed). Returns (events, None) or (the empty partition, the error on one line)."""
+    if len(raw) == partition.size:
+        return raw, None
+    error = None
+    for attempt in range(max(1, data.retries)):
+        time.sleep(min(2.0**attempt, 10.0))
+        try:
+            with uproot.open(partition.file, timeout=data.timeout) as file:
+                return file[tree].arrays(filter_name=list(columns), entry_start=partition.start,
+                                         entry_stop=partition.stop), None
+        except READ_ERRORS as err:
+            error = f"{type(err).__name__}: {_one_line(err)}"
+    return raw, error
+
+
+def unreadable(partition: Partition, error: str, data: DataConfig, what_to_do: str) -> HepdaskError:
+    """The error for a partition that :func:`read_again` could not read."""
+    lost = ReadError(partition.sample, partition.file, error, partition.start, partition.stop)
+    return HepdaskError(
+        f"Could not read {lost.describe()}, after {max(1, data.retries) + 1} tries. Check the "
+        f"file (is it complete? is its server up?), {what_to_do}"
+    )
+
+
 def _apply(prep: Preprocess, raw, partition: Partition, tree: str, columns: list[str],
            data: DataConfig):
-    """On a worker: preprocess one partition. A failed read (an empty partition) is tried
-    again, ``data.retries`` times (at least once, which also tells why it failed); then the
-    run fails or, with ``data.on_read_error = "skip"``, the partition stays empty and says why."""
-    error = None
-    if len(raw) != partition.size:
-        for attempt in range(max(1, data.retries)):
-            time.sleep(min(2.0**attempt, 10.0))
-            try:
-                with uproot.open(partition.file, timeout=data.timeout) as file:
-                    raw = file[tree].arrays(filter_name=columns, entry_start=partition.start,
-                                            entry_stop=partition.stop)
-                error = None
-                break
-            except READ_ERRORS as err:
-                error = f"{type(err).__name__}: {_one_line(err)}"
+    """On a worker: preprocess one partition. A partition that cannot be read fails the run
+    or, with ``data.on_read_error = "skip"``, stays empty and says why."""
+    raw, error = read_again(raw, partition, tree, columns, data)
     if error is not None and data.on_read_error == "fail":
-        lost = ReadError(partition.sample, partition.file, error, partition.start, partition.stop)
-        raise HepdaskError(
-            f"Could not read {lost.describe()}, after {max(1, data.retries) + 1} tries. Check the "
-            "file (is it complete? is its server up?), remove it from the sample, or set "
-            'data.on_read_error = "skip" to train without the entries that cannot be read.'
-        )
+        raise unreadable(partition, error, data,
+                         'remove it from the sample, or set data.on_read_error = "skip" to train '
+                         "without the entries that cannot be read.")
     events = prep.apply(raw, partition.sample, partition.start)
     if error is not None:
         events.error, events.read = error, 0
@@ -270,7 +288,8 @@ def open_dataset(config: Config) -> Dataset:
         files, columns = [], None
         for path in paths:
             try:
-                with _open_tree(path, tree, sample_config.name, timeout=data.timeout) as ttree:
+                with open_tree(path, tree, timeout=data.timeout,
+                               context=f"sample {sample_config.name!r}") as ttree:
                     if prep is None:
                         prep = build_preprocess(config, *describe_tree(ttree), source=path)
                     columns = columns or prep.columns(sample_config.name)
@@ -415,25 +434,31 @@ def _missing_protocol(url: str, where: str) -> str:
 
 
 @contextlib.contextmanager
-def _open_tree(path: str, tree: str, sample: str, *, timeout: int = 60
-               ) -> Iterator[uproot.TTree]:
+def open_tree(path: str, tree: str, *, timeout: int = 60, context: str = "",
+              remedy: str = 'remove it from the sample, or set data.on_read_error = "skip"',
+              tree_key: str = "the sample's 'tree' key or [data] tree") -> Iterator[uproot.TTree]:
+    """Open ``tree`` of the file ``path`` (local or remote) with one-paragraph errors.
+
+    ``context`` says where the file comes from (e.g. "sample 'signal'"), ``remedy`` what to do
+    with a file that cannot be read, and ``tree_key`` where the tree name is set.
+    """
+    where = f"{path} ({context})" if context else path
     if (path.startswith("root://") and "tensorflow" in sys.modules
             and "XRootD.client" not in sys.modules):
         raise HepdaskError(
-            f"Reading {path} (sample {sample!r}) would load the XRootD bindings after TensorFlow, "
-            "which crashes this process. Import hepdask before TensorFlow (or keras), e.g. as "
-            "the first import of the notebook or script."
+            f"Reading {where} would load the XRootD bindings after TensorFlow, which crashes "
+            "this process. Import hepdask before TensorFlow (or keras), e.g. as the first "
+            "import of the notebook or script."
         )
     try:
         file = uproot.open(path, timeout=timeout)
     except ImportError:
-        raise HepdaskError(_missing_protocol(path, f"Sample {sample!r}")) from None
+        raise HepdaskError(_missing_protocol(path, context[:1].upper() + context[1:] or "The input")) from None
     except Exception as err:
         cause = _one_line(err) or type(err).__name__
         raise UnreadableFile(
-            f"Could not read {path} (sample {sample!r}) as a ROOT file: {cause}. Check that the "
-            "file is complete, really ROOT and reachable, remove it from the sample, or set "
-            'data.on_read_error = "skip".', reason=f"not readable as ROOT: {cause}"
+            f"Could not read {where} as a ROOT file: {cause}. Check that the file is complete, "
+            f"really ROOT and reachable, or {remedy}.", reason=f"not readable as ROOT: {cause}"
         ) from None
     try:
         obj = file[tree]
@@ -441,15 +466,15 @@ def _open_tree(path: str, tree: str, sample: str, *, timeout: int = 60
         trees = [k.split(";")[0] for k, c in file.classnames().items() if c in ("TTree", "TNtuple")]
         file.close()
         raise UnreadableFile(
-            f"The file {path} (sample {sample!r}) has no tree {tree!r}; its trees are "
-            f"{trees or 'none'}. Set the tree name with the sample's 'tree' key or [data] tree.",
+            f"The file {where} has no tree {tree!r}; its trees are {trees or 'none'}. Set the "
+            f"tree name with {tree_key}.",
             reason=f"no tree {tree!r} (its trees: {trees or 'none'})",
         ) from None
     try:
         if not isinstance(obj, uproot.TTree):
             raise HepdaskError(
-                f"{tree!r} in {path} is a {type(obj).__name__}, not a TTree: set the sample's "
-                "'tree' key to the name of a TTree."
+                f"{tree!r} in {path} is a {type(obj).__name__}, not a TTree: set {tree_key} to "
+                "the name of a TTree."
             )
         yield obj
     finally:

@@ -74,6 +74,11 @@ class Layout:
         return {"names": list(self.names), "sentinel": self.sentinel, "normalize": self.normalize,
                 "columns": [asdict(c) for c in self.columns]}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Layout:
+        return cls(tuple(Column(**c) for c in data["columns"]), tuple(data["names"]),
+                   data["sentinel"], data["normalize"])
+
 
 def resolve_pad(pad: int | str, spec: BranchSpec) -> int:
     """Slots kept for a collection: ``pad`` itself, the largest multiplicity, or a percentile."""
@@ -137,7 +142,7 @@ def partition_matrix(values: dict, layout: Layout, out: np.ndarray | None = None
         block = out[:, at: at + column.width]
         at += column.width
         if column.kind == "flat":
-            block[:, 0] = ak.to_numpy(ak.fill_none(values_of, np.nan))
+            block[:, 0] = _numpy(values_of)
         else:
             key = (column.collection, column.width)
             if key not in slots:
@@ -160,6 +165,15 @@ def partition_matrix(values: dict, layout: Layout, out: np.ndarray | None = None
             block[sentinel] = np.nan
         block[np.isinf(block)] = np.nan
     return out
+
+
+def _numpy(values) -> np.ndarray:
+    """One value per event as NumPy, missing values (an option type) as NaN."""
+    if not isinstance(values, ak.Array):
+        return np.asarray(values)
+    if values.layout.is_option:  # fill_none is costly for the many arrays that have no option
+        values = ak.fill_none(values, np.nan)
+    return ak.to_numpy(values)
 
 
 class _Slots:

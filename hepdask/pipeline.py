@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from . import evaluate as ev
+from .bundle import write_bundle
 from .config import Config, load_config
 from .dataset import Dataset, open_dataset
 from .errors import HepdaskError
@@ -176,16 +177,27 @@ class Pipeline:
                                                 train.stream, on_epoch=step)
             write_json(self.run_dir / "history.json", self._model.history)
         self._model.save(self.run_dir)
-        write_json(self.run_dir / "features.json",  # how to rebuild the inputs from the files
-                   {**features.layout.to_dict(), "preprocess": self.dataset().preprocess.describe()})
+        config = self.config
+        classes = {c: [s.name for s in config.samples if s.label == c]
+                   for c in sorted(self.specs().classes)}
+        write_bundle(self.run_dir, name=config.name, engine=engine, model=self._model,
+                     layout=features.layout, preprocess=self.dataset().preprocess,
+                     classes=classes, tree=config.data.tree, step_size=config.data.step_size)
         return self._model
+
+    def scores(self, split: str = "test", *, client=None):
+        """(scores, labels, weights) of ``split`` as NumPy arrays, in the split's row order
+        (partition by partition), from the trained model: what :meth:`evaluate` measures."""
+        client = self._client(client)
+        model = self._model or self.train(client=client)
+        return model.scores(client, self.features(client=client), split)
 
     def evaluate(self, *, client=None) -> dict:
         """Metrics and plots on the test split; writes metrics.json (last, so it marks a complete run)."""
         client = self._client(client)
         model = self._model or self.train(client=client)
         with self._phase("evaluate", client):
-            scores, y, w = model.scores(client, self.features(client=client), "test")
+            scores, y, w = self.scores("test", client=client)
             totals = self._class_totals()
             cfg = self.config.evaluate
             metrics = ev.evaluate_scores(scores, y, w, class_totals=totals, b_reg=cfg.ams_breg,

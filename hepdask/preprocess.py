@@ -130,14 +130,26 @@ class Preprocess:
 
     def columns(self, sample: str) -> list[str]:
         """The tree branches that ``sample`` needs: features, cuts, label, weight and their inputs."""
+        return self._tree_branches([n for e in self._sample_expressions(sample) for n in e.names])
+
+    def inputs(self) -> list[str]:
+        """The tree branches that the features and the event selection are computed from: what
+        a file or a request must hold to be scored."""
+        return self._tree_branches([])
+
+    def _tree_branches(self, extra: list[str]) -> list[str]:
+        needed = self._needed(extra)[0]
+        return [n for n in self.branches if n in needed]
+
+    def _needed(self, extra: list[str]) -> tuple[set[str], set[str]]:
+        """The tree branches that the features, the event selection and ``extra`` are computed
+        from, and every name (tree or derived) met on the way."""
         wanted: set[str] = set()
-        names = list(self.features) + [n for e in self._sample_expressions(sample) for n in e.names]
-        if self.cut is not None:
-            names += self.cut.names
+        names = [*self.features, *extra, *(self.cut.names if self.cut is not None else ())]
         seen: set[tuple[str, int]] = set()
         for name in names:
             self._requires(name, FINAL, wanted, seen)
-        return [n for n in self.branches if n in wanted]
+        return wanted, {name for name, _ in seen}
 
     def _sample_expressions(self, sample: str) -> list[Expression]:
         return [e for e in (self.labels[sample], self.weights[sample]) if isinstance(e, Expression)]
@@ -163,13 +175,21 @@ class Preprocess:
             for n in self.order[collection][0].names:  # the sort key sees the selected objects
                 self._requires(n, SELECTED, out, seen)
 
-    def apply(self, events: ak.Array, sample: str, start: int) -> Events:
-        """Run the recipe on the raw branches of one partition starting at entry ``start``."""
-        values = _Values(self, events)
-        n = len(events)
+    def feature_values(self, events: ak.Array) -> tuple[dict[str, Any], np.ndarray]:
+        """The feature branches of every event of ``events`` (a record array of tree branches),
+        objects selected and ordered, and whether each event passes the event selection."""
+        return self._features(_Values(self, events), len(events))
+
+    def _features(self, values: _Values, n: int) -> tuple[dict[str, Any], np.ndarray]:
         keep = np.ones(n, dtype=bool)
         if self.cut is not None:
             keep = _flat(values.evaluate(self.cut, FINAL), n, fill=False).astype(bool)
+        return {name: values.get(name, FINAL) for name in self.features}, keep
+
+    def apply(self, events: ak.Array, sample: str, start: int) -> Events:
+        """Run the recipe on the raw branches of one partition starting at entry ``start``."""
+        values, n = _Values(self, events), len(events)
+        features, keep = self._features(values, n)
         label = self.labels[sample]
         if isinstance(label, Expression):
             labels = _check_label(_flat(values.evaluate(label, FINAL), n)[keep], label, sample)
@@ -178,12 +198,9 @@ class Preprocess:
         weight = self.weights[sample]
         weights = (_flat(values.evaluate(weight, FINAL), n)[keep] if weight is not None
                    else np.ones(int(keep.sum())))
-        everything = bool(keep.all())
-        out = {}
-        for name in self.features:
-            value = values.get(name, FINAL)
-            out[name] = value if everything else value[keep]
-        return Events(out, labels, weights.astype(np.float64),
+        if not keep.all():
+            features = {name: value[keep] for name, value in features.items()}
+        return Events(features, labels, weights.astype(np.float64),
                       start + np.flatnonzero(keep).astype(np.int64), n)
 
     def describe(self) -> dict:
@@ -197,6 +214,43 @@ class Preprocess:
             "labels": {k: v.text if isinstance(v, Expression) else v for k, v in self.labels.items()},
             "weights": {k: v.text if v is not None else None for k, v in self.weights.items()},
         }
+
+    def schema(self) -> dict:
+        """The type of every tree branch the features and the event selection touch, the derived
+        branches they use and the collections' counters: with :meth:`describe`, what
+        :meth:`from_description` needs to rebuild the recipe without the files."""
+        met = self._needed([])[1]
+        return {
+            "branches": {n: [b.dtype, b.jagged, b.collection] for n, b in self.branches.items()
+                         if n in met and n not in self.derived},
+            "derived": [n for n in self.derived if n in met],
+            "counters": {c: name for c, name in self.counters.items() if c in met},
+        }
+
+    @classmethod
+    def from_description(cls, description: Mapping[str, Any], schema: Mapping[str, Any]
+                         ) -> Preprocess:
+        """The recipe of a trained model (:meth:`describe` and :meth:`schema` as saved in its
+        run directory), without labels and weights: it computes the features of new events."""
+        branches = {name: Branch(name, dtype, jagged, collection)
+                    for name, (dtype, jagged, collection) in schema["branches"].items()}
+        derived = _derive({n: description["derived"][n] for n in schema["derived"]}, branches, {})
+        known = list(branches)
+
+        def expression(text: str, where: str) -> Expression:
+            return parse(text, where=where, known=known)
+
+        used = {b.collection for b in branches.values() if b.jagged} | set(schema["counters"].values())
+        cut = description["cut"]
+        return cls(
+            branches, tuple(description["features"]), derived,
+            {k: expression(t, f"selection.objects.{k}") for k, t in description["objects"].items()
+             if k in used},
+            {k: (expression(t, f"features.collections.{k}.sort_by"), bool(d))
+             for k, (t, d) in description["order"].items() if k in used},
+            expression(cut, "selection.events") if cut is not None else None,
+            {}, {}, dict(schema["counters"]),
+        )
 
     def __dask_tokenize__(self):
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()

@@ -11,6 +11,8 @@ so any batch can be rebuilt in any order and a resumed run sees the same ones.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from .features import Features, Layout, SplitArrays
 from .progress import iterate
 from .specs import Specs
 
-__all__ = ["BatchStream", "StreamedModel", "Transform", "make_transform", "predict_split"]
+__all__ = ["BatchStream", "StreamedModel", "Transform", "in_order", "make_transform",
+           "predict_split"]
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,15 @@ class Transform:
     def names(self, layout: Layout) -> tuple[str, ...]:
         return layout.names + tuple(f"{layout.names[i]}.missing" for i in self.indicators)
 
-    def __call__(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        X, y = block[:, :-2], block[:, -2]
-        w = block[:, -1] if self.use_weights else np.ones(len(block), np.float32)
+    def inputs(self, X: np.ndarray) -> np.ndarray:
+        """The network's inputs for the feature matrix ``X``: indicators added, no NaN."""
         if self.indicators:
             X = np.hstack([X, np.isnan(X[:, list(self.indicators)]).astype(np.float32)])
-        X = np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
+        return np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def __call__(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        X, y = self.inputs(block[:, :-2]), block[:, -2]
+        w = block[:, -1] if self.use_weights else np.ones(len(block), np.float32)
         scale = np.ones(len(block), np.float32)
         for label, factor in self.class_scale:
             scale[y == label] = factor
@@ -229,22 +235,37 @@ def _prepare_block(block: np.ndarray, transform: Transform,
     return X, y, w
 
 
+def in_order(client, tasks: Sequence, *, window: int) -> Iterator:
+    """The results of delayed ``tasks``, in order, at most ``window`` computed or in flight
+    ahead of the one being used: the cluster stays busy and this process holds a few."""
+    pending: collections.deque = collections.deque()
+    ahead = iter(tasks)
+    for task in itertools.islice(ahead, max(1, window)):
+        pending.append(client.compute(task))
+    while pending:
+        future = pending.popleft()
+        for task in itertools.islice(ahead, 1):
+            pending.append(client.compute(task))
+        result = future.result()
+        future.release()
+        yield result
+
+
 def predict_split(client, features: Features, split: str, transform: Transform, predict,
                   *, batch_size: int, prefetch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scores of every event of ``split`` from ``predict(X) -> scores``, with raw labels and weights.
-
-    The events come in the stream's order (not the partitions'); labels and weights come along,
-    unscaled, so they match the scores row by row.
-    """
+    """Scores of every event of ``split`` from ``predict(X) -> scores``, with raw labels and
+    weights, in the split's row order (block by block, ``batch_size`` rows per call)."""
     raw = Transform(transform.indicators, (), use_weights=True)
-    stream = BatchStream(client, features, split, raw, batch_size=batch_size, prefetch=prefetch,
-                         shuffle=False)
+    matrix = features[split].matrix
+    blocks = [i for i, size in enumerate(matrix.chunks[0]) if size]
+    tasks = [dask.delayed(_prepare_block, pure=True)(matrix.blocks[i], raw, None) for i in blocks]
     scores, labels, weights = [], [], []
-    for X, y, w in iterate(stream.epoch(), len(stream)):
-        scores.append(np.asarray(predict(X), dtype=np.float64).reshape(len(y), -1))
+    for X, y, w in iterate(in_order(client, tasks, window=prefetch), len(tasks), unit="blocks"):
+        for start in range(0, len(y), batch_size):
+            part = X[start: start + batch_size]
+            scores.append(np.asarray(predict(part), dtype=np.float64).reshape(len(part), -1))
         labels.append(y)
         weights.append(w)
-    stream.release()
     if not scores:
         return np.empty(0), np.empty(0, np.float32), np.empty(0, np.float32)
     scores = np.concatenate(scores)
@@ -255,6 +276,15 @@ def predict_split(client, features: Features, split: str, transform: Transform, 
 class StreamedModel:
     """``scores`` for models trained on the stream; they define ``predict(X)``, ``transform``
     and ``stream`` (the :class:`~hepdask.config.StreamConfig`)."""
+
+    def score_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Scores of the rows of a feature matrix (as :func:`partition_matrix` makes it)."""
+        return self.predict(self.transform.inputs(X))
+
+    def bundle_info(self) -> dict:
+        """What loading the model back needs besides the model file (see :mod:`hepdask.bundle`)."""
+        return {"indicators": list(self.transform.indicators),
+                "best_iteration": self.best_iteration}
 
     def scores(self, client, features: Features, split: str = "test"):
         """(scores, labels, weights) of ``split``, streamed through ``predict``.

@@ -6,11 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import uproot
 from conftest import toy_config
 
+from hepdask.bundle import Bundle
 from hepdask.config import load_config
 from hepdask.errors import HepdaskError
 from hepdask.pipeline import Pipeline
+from hepdask.predict import predict
 
 # Signal events are class 1 or 2 by their number of jets: a label computed from the data.
 THREE_CLASSES = ['samples.0.label="where(njet >= 2, 2, 1)"', "features.pad=4"]
@@ -37,6 +40,19 @@ def test_three_classes_from_a_label_expression(toy_data, tmp_path, client, engin
     assert scores.shape == (len(y), 3) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-4)
     assert (tmp_path / engine / "roc.png").exists()
     assert json.loads((tmp_path / engine / "metrics.json").read_text())["n_classes"] == 3
+    # predict: one score column per class, for files without the label's input branch too
+    bundle = Bundle.load(tmp_path / engine)
+    assert bundle.classes == {0: ["background"], 1: [], 2: []}
+    assert bundle.info["label_expressions"] == {"signal": "where(njet >= 2, 2, 1)"}
+    assert "njet" not in bundle.inputs
+    predict(bundle, [str(toy_data["dir"] / "bkg_0.root")], tmp_path / "scored", client=client)
+    with uproot.open(tmp_path / "scored" / "bkg_0.root") as f:
+        friend = f["toy"].arrays(library="np")
+    assert sorted(friend) == ["score_0", "score_1", "score_2"] and len(friend["score_0"]) == 6000
+    total = friend["score_0"] + friend["score_1"] + friend["score_2"]
+    assert np.allclose(total, 1.0, atol=1e-4)
+    if engine == "xgboost":  # 3 epochs leave the network undecided
+        assert friend["score_0"].mean() > 0.5
 
 
 def test_classes_must_be_numbered_without_gaps(toy_data, tmp_path, client):

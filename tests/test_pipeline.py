@@ -25,7 +25,7 @@ SMALL = [
 ]
 
 OUTPUTS = [
-    "config.toml", "config.resolved.json", "specs.json", "features.json", "model.ubj",
+    "config.toml", "config.resolved.json", "specs.json", "features.json", "bundle.json", "model.ubj",
     "metrics.json", "run.log", "scores.png", "roc.png", "ams.png", "importance.png", "history.png",
 ]
 

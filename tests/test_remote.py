@@ -7,11 +7,16 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import servers
+import uproot
 from test_pipeline import HIGGS, SMALL, hepdask
 
 from hepdask import HepdaskError, Pipeline, higgsml, load_config
+from hepdask.bundle import Bundle
+from hepdask.config import DataConfig
+from hepdask.predict import predict
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +107,27 @@ def test_the_higgs_pipeline_trains_over_xrootd(tmp_path, store, xrootd):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs" / "higgs" / "metrics.json").read_text())
     assert metrics["auc"] > 0.85 and metrics["read_errors"] == []
+
+
+def test_predict_reads_xrootd_and_stops_at_an_unreadable_file(tmp_path, client, store, xrootd,
+                                                              damaged):
+    directory = store / "store" / "higgs"
+    pipe = pipeline(tmp_path, store, f"{directory}/signal_*.root",
+                    f"{directory}/background_*.root", "train.xgboost.num_boost_round=10")
+    pipe.run(client=client)
+    bundle = Bundle.load(pipe.run_dir)
+    predict(bundle, [f"{directory}/signal_*.root"], tmp_path / "local", client=client)
+    done = predict(bundle, [f"{xrootd}//store/higgs/signal_*.root"], tmp_path / "remote",
+                   client=client)
+    assert [d.output.name for d in done] == ["signal_000.root", "signal_001.root"]
+    for d in done:
+        with uproot.open(d.output) as remote, uproot.open(tmp_path / "local" / d.output.name) as local:
+            assert np.array_equal(remote["higgs"]["score"].array(library="np"),
+                                  local["higgs"]["score"].array(library="np"))
+    truncated = str(damaged / "signal_9_truncated.root")
+    with pytest.raises(HepdaskError, match=r"signal_9_truncated\.root entries .*friend tree needs"):
+        predict(bundle, [truncated], tmp_path / "bad", client=client, data=DataConfig(retries=1))
+    assert not list((tmp_path / "bad").iterdir())  # nothing half-written
 
 
 # -- files that cannot be read ------------------------------------------------------------------

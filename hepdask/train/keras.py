@@ -78,6 +78,15 @@ class KerasModel(StreamedModel):
             self.model.save(tmp)
         return path
 
+    @classmethod
+    def load(cls, directory: str | Path, info: dict, feature_names: tuple[str, ...]
+             ) -> KerasModel:
+        """The saved network, ready to score (not to train on: the optimizer is not loaded)."""
+        model = import_keras().saving.load_model(Path(directory) / cls.filename, compile=False)
+        transform = Transform(tuple(info["indicators"]), (), use_weights=True)
+        return cls(model, feature_names, transform, StreamConfig(),
+                   best_iteration=info["best_iteration"])
+
 
 def train_keras(client, features: Features, specs: Specs, config: KerasConfig,
                 stream: StreamConfig, run_dir: str | Path, *, resume: bool = False,

@@ -71,6 +71,14 @@ class SklearnModel(StreamedModel):
             joblib.dump(self.estimator, tmp)
         return path
 
+    @classmethod
+    def load(cls, directory: str | Path, info: dict, feature_names: tuple[str, ...]
+             ) -> SklearnModel:
+        estimator = joblib.load(Path(directory) / cls.filename)
+        transform = Transform(tuple(info["indicators"]), (), use_weights=True)
+        return cls(estimator, feature_names, transform, StreamConfig(),
+                   best_iteration=info["best_iteration"])
+
 
 def make_estimator(config: SklearnConfig):
     """Instantiate ``config.estimator``: a class path with ``config.params``, or the estimator

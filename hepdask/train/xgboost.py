@@ -56,10 +56,25 @@ class XGBoostModel:
         """
         arrays = features[split]
         scores, y, w = compute(client, self.predict(client, arrays.X), arrays.y, arrays.w)
-        scores = np.asarray(scores)
-        if scores.ndim == 2 and scores.shape[1] == 2:  # a multi: objective on two classes
-            scores = scores[:, 1]
-        return scores, np.asarray(y), np.asarray(w)
+        return _signal(np.asarray(scores)), np.asarray(y), np.asarray(w)
+
+    def score_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Scores of the rows of one feature matrix, in this process, computed as
+        :meth:`predict` computes each block (a ``DMatrix`` with NaN as missing)."""
+        scores = self.booster.predict(xgboost.DMatrix(X, missing=np.nan),
+                                      iteration_range=self._iteration_range(),
+                                      validate_features=False)
+        return _signal(scores)
+
+    def bundle_info(self) -> dict:
+        """What loading the model back needs besides the model file (see :mod:`hepdask.bundle`)."""
+        return {"best_iteration": self.best_iteration}
+
+    @classmethod
+    def load(cls, directory: str | Path, info: dict, feature_names: tuple[str, ...]
+             ) -> XGBoostModel:
+        booster = xgboost.Booster(model_file=str(Path(directory) / cls.filename))
+        return cls(booster, feature_names, {}, best_iteration=info["best_iteration"])
 
     def _iteration_range(self) -> tuple[int, int]:
         return (0, self.best_iteration + 1) if self.best_iteration is not None else (0, 0)
@@ -231,6 +246,11 @@ def _auto_scale_pos_weight(client, train, use_weights: bool) -> float:
     """Sum of background weights over sum of signal weights in the training split."""
     background, signal = _class_weight_sums(client, train, use_weights, 2)
     return float(background / signal)
+
+
+def _signal(scores: np.ndarray) -> np.ndarray:
+    """The signal's column of a ``multi:`` objective's scores on two classes."""
+    return scores[:, 1] if scores.ndim == 2 and scores.shape[1] == 2 else scores
 
 
 def _xgb_name(name: str) -> str:

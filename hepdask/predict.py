@@ -1,0 +1,282 @@
+"""Scores of a trained model for every event of new ROOT files, computed on the cluster.
+
+For each input file, one output file: a ROOT file holding a friend tree (one entry per entry
+of the input tree, in the same order) or a parquet file with the same rows. The columns are
+``score`` (the signal probability; ``score_<class>`` per class for more than two classes),
+``selected`` when the model was trained on an event selection (whether the event passes it;
+every event gets a score), and any passthrough branches copied from the input.
+
+The workers read and score the partitions (entry ranges); this process writes them in order,
+a few partitions ahead of the writing at most, so nothing is ever held whole. Each output
+appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+import awkward as ak
+import dask
+import numpy as np
+import uproot
+
+from .bundle import Bundle
+from .config import DataConfig
+from .dataset import Partition, expand_files, open_tree, read_again, read_lazily, unreadable
+from .errors import HepdaskError
+from .outputs import atomic_path
+from .progress import iterate
+from .stream import in_order
+
+__all__ = ["FORMATS", "Predicted", "predict"]
+
+log = logging.getLogger("hepdask")
+
+FORMATS = ("root", "parquet")
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """One input file and the output written for it."""
+
+    input: str
+    output: Path
+    entries: int
+
+
+@dataclass(frozen=True)
+class _Input:
+    path: str
+    output: Path
+    entries: int
+
+
+def predict(bundle: Bundle, files: Sequence[str], output: str | Path, *, client,
+            tree: str | None = None, friend_tree: str | None = None, format: str = "root",
+            branch: str = "score", passthrough: Sequence[str] = (), step_size: int | None = None,
+            data: DataConfig | None = None, window: int | None = None) -> list[Predicted]:
+    """Score every event of ``files`` with ``bundle`` and write one output per file in ``output``.
+
+    Parameters
+    ----------
+    bundle
+        The trained model (:meth:`Bundle.load`).
+    files
+        ROOT files, globs, ``.txt`` lists, ``root://`` or ``http(s)://`` URLs.
+    output
+        The directory of the outputs, named like the inputs (with their relative paths when
+        two inputs share a name).
+    client
+        The :class:`distributed.Client` whose workers read and score.
+    tree
+        The input tree; the training's by default.
+    friend_tree
+        The name of the output tree (``root``); the model's name by default.
+    format
+        ``"root"`` (a friend tree) or ``"parquet"``.
+    branch
+        The name of the score column.
+    passthrough
+        Input branches copied to the output.
+    step_size
+        Entries per partition; the training's by default.
+    data
+        Timeout, retries and redirector for remote files.
+    window
+        Partitions computed ahead of the writing; two per worker thread by default.
+    """
+    if format not in FORMATS:
+        raise HepdaskError(f"The output format {format!r} is not known: choose one of "
+                           f"{', '.join(FORMATS)}.")
+    data = data or DataConfig()
+    tree = tree or bundle.tree
+    step_size = step_size or bundle.step_size
+    names = _output_columns(bundle, branch, passthrough)
+    inputs = _plan(bundle, files, Path(output), tree=tree, passthrough=passthrough, data=data,
+                   suffix=".root" if format == "root" else ".parquet")
+    columns = list(dict.fromkeys([*bundle.inputs, *passthrough]))
+    partitions = [Partition("input", item.path, start, min(start + step_size, item.entries))
+                  for item in inputs for start in range(0, item.entries, step_size)]
+    tasks = []
+    if partitions:
+        shared = client.scatter(bundle, broadcast=True, hash=False)
+        raws = read_lazily(partitions, tree, columns, data).to_delayed()
+        tasks = [dask.delayed(_score_partition, pure=True)(shared, raw, part, tree, columns, data,
+                                                            branch, tuple(passthrough))
+                 for raw, part in zip(raws, partitions, strict=True)]
+    if window is None:
+        window = 2 * max(1, sum(client.nthreads().values()))
+    results = iterate(in_order(client, tasks, window=window), len(tasks), unit="partitions")
+    done = []
+    for item in inputs:
+        writer = _RootOutput if format == "root" else _ParquetOutput
+        with writer(item.output, friend_tree or bundle.name) as out:
+            if item.entries == 0:  # no partition: the (empty) columns, with their types
+                out.write(_empty(bundle, item, tree, columns, data, branch, passthrough))
+            written = 0
+            while written < item.entries:
+                chunk = next(results)
+                out.write(chunk)
+                written += len(chunk[names[0]])
+        done.append(Predicted(item.path, item.output, item.entries))
+        log.debug("Wrote %s (%d entries)", item.output, item.entries)
+    for _ in results:  # none is left; this ends the count on the progress bar
+        raise AssertionError("a partition was not written")
+    return done
+
+
+def _output_columns(bundle: Bundle, branch: str, passthrough: Sequence[str]) -> list[str]:
+    scores = [branch] if bundle.n_classes == 2 else [f"{branch}_{c}" for c in bundle.classes]
+    names = [*scores, *bundle.outputs]
+    clash = sorted(set(names) & set(passthrough))
+    if clash:
+        raise HepdaskError(
+            f"The passthrough branches {clash} have the names of output columns ({names}): "
+            "name the score column otherwise (--branch) or leave them out."
+        )
+    return names
+
+
+def _plan(bundle: Bundle, files: Sequence[str], output: Path, *, tree: str,
+          passthrough: Sequence[str], data: DataConfig, suffix: str) -> list[_Input]:
+    """Every input checked (readable, has the tree and the branches) and its output path,
+    before any work is done."""
+    paths = list(dict.fromkeys(expand_files(files, where="the input files",
+                                            redirector=data.redirector)))
+    if not paths:
+        raise HepdaskError("No input file given: name the ROOT files to score.")
+    inputs = []
+    for path, out in zip(paths, _output_paths(paths, output, suffix), strict=True):
+        with open_tree(path, tree, timeout=data.timeout, context="an input file",
+                       remedy="leave it out of the inputs",
+                       tree_key="--tree (predict's option)") as ttree:
+            bundle.check_tree(ttree, path)
+            have = set(ttree.keys(recursive=False))
+            for name in passthrough:
+                if name not in have:
+                    raise HepdaskError(
+                        f"The passthrough branch {name!r} is not in {path}. Name branches of "
+                        "the input tree, or leave --passthrough out."
+                    )
+            inputs.append(_Input(path, out, ttree.num_entries))
+        if not _is_url(path) and out.resolve() == Path(path).resolve():
+            raise HepdaskError(
+                f"The output for {path} would be the file itself: give another --output "
+                "directory than the inputs'."
+            )
+    return inputs
+
+
+def _output_paths(paths: Sequence[str], output: Path, suffix: str) -> list[Path]:
+    """The inputs' names in ``output``, or their paths below their common directory when two
+    have the same name."""
+    parts = [PurePosixPath(urlparse(p).path if _is_url(p) else Path(p).as_posix()) for p in paths]
+    if len({p.name for p in parts}) == len(parts):
+        relative = [PurePosixPath(p.name) for p in parts]
+    else:
+        common = os.path.commonpath([str(p.parent) for p in parts])
+        relative = [p.relative_to(common) for p in parts]
+    return [output / r.with_suffix(suffix) for r in relative]
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _score_partition(bundle: Bundle, raw, partition: Partition, tree: str, columns: list[str],
+                     data: DataConfig, branch: str, passthrough: tuple[str, ...]) -> dict:
+    """On a worker: the output columns of one partition."""
+    raw, error = read_again(raw, partition, tree, columns, data)
+    if error is not None:
+        raise unreadable(partition, error, data,
+                         "or leave it out of the inputs: a friend tree needs every entry.")
+    return _columns(bundle, raw, branch, passthrough)
+
+
+def _columns(bundle: Bundle, events: ak.Array, branch: str,
+             passthrough: Sequence[str]) -> dict:
+    scored = bundle.score(events)
+    scores = scored.pop("score")
+    out = {branch: scores} if scores.ndim == 1 else \
+        {f"{branch}_{c}": scores[:, i] for i, c in enumerate(bundle.classes)}
+    out.update(scored)
+    for name in passthrough:
+        value = events[name]
+        out[name] = ak.to_numpy(value) if value.ndim == 1 else value
+    return out
+
+
+def _empty(bundle: Bundle, item: _Input, tree: str, columns: list[str], data: DataConfig,
+           branch: str, passthrough: Sequence[str]) -> dict:
+    with uproot.open(item.path, timeout=data.timeout) as file:
+        events = file[tree].arrays(filter_name=columns, entry_stop=0)
+    return _columns(bundle, events, branch, passthrough)
+
+
+class _Output:
+    """An output file written chunk by chunk under a temporary name, renamed when complete."""
+
+    def __init__(self, path: Path, tree: str):
+        self.path, self.tree = path, tree
+        self._atomic = atomic_path(path)
+
+    def __enter__(self):
+        self.tmp = self._atomic.__enter__()
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.close()
+        finally:
+            self._atomic.__exit__(*exc)
+
+    def open(self) -> None: ...
+
+    def write(self, columns: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _RootOutput(_Output):
+    def open(self) -> None:
+        self.file = uproot.recreate(self.tmp)
+        self.ttree = None
+
+    def write(self, columns: dict) -> None:
+        if self.ttree is None:
+            self.ttree = self.file.mktree(self.tree, {k: _root_type(v) for k, v in columns.items()})
+        if len(next(iter(columns.values()))):
+            self.ttree.extend(columns)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _ParquetOutput(_Output):
+    def open(self) -> None:
+        self.writer = None
+
+    def write(self, columns: dict) -> None:
+        import pyarrow.parquet as pq
+
+        table = ak.to_arrow_table(ak.zip({k: ak.Array(v) if isinstance(v, np.ndarray) else v
+                                          for k, v in columns.items()}, depth_limit=1),
+                                  extensionarray=False)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _root_type(value):
+    return value.dtype if isinstance(value, np.ndarray) else value.type.content
+
