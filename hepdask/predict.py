@@ -49,13 +49,6 @@ class Predicted:
     entries: int
 
 
-@dataclass(frozen=True)
-class _Input:
-    path: str
-    output: Path
-    entries: int
-
-
 def predict(bundle: Bundle, files: Sequence[str], output: str | Path, *, client,
             tree: str | None = None, friend_tree: str | None = None, format: str = "root",
             branch: str = "score", passthrough: Sequence[str] = (), step_size: int | None = None,
@@ -100,7 +93,7 @@ def predict(bundle: Bundle, files: Sequence[str], output: str | Path, *, client,
     inputs = _plan(bundle, files, Path(output), tree=tree, passthrough=passthrough, data=data,
                    suffix=".root" if format == "root" else ".parquet")
     columns = list(dict.fromkeys([*bundle.inputs, *passthrough]))
-    partitions = [Partition("input", item.path, start, min(start + step_size, item.entries))
+    partitions = [Partition("input", item.input, start, min(start + step_size, item.entries))
                   for item in inputs for start in range(0, item.entries, step_size)]
     tasks = []
     if partitions:
@@ -112,7 +105,6 @@ def predict(bundle: Bundle, files: Sequence[str], output: str | Path, *, client,
     if window is None:
         window = 2 * max(1, sum(client.nthreads().values()))
     results = iterate(in_order(client, tasks, window=window), len(tasks), unit="partitions")
-    done = []
     for item in inputs:
         writer = _RootOutput if format == "root" else _ParquetOutput
         with writer(item.output, friend_tree or bundle.name) as out:
@@ -123,11 +115,10 @@ def predict(bundle: Bundle, files: Sequence[str], output: str | Path, *, client,
                 chunk = next(results)
                 out.write(chunk)
                 written += len(chunk[names[0]])
-        done.append(Predicted(item.path, item.output, item.entries))
         log.debug("Wrote %s (%d entries)", item.output, item.entries)
     for _ in results:  # none is left; this ends the count on the progress bar
         raise AssertionError("a partition was not written")
-    return done
+    return inputs
 
 
 def _output_columns(bundle: Bundle, branch: str, passthrough: Sequence[str]) -> list[str]:
@@ -143,7 +134,7 @@ def _output_columns(bundle: Bundle, branch: str, passthrough: Sequence[str]) -> 
 
 
 def _plan(bundle: Bundle, files: Sequence[str], output: Path, *, tree: str,
-          passthrough: Sequence[str], data: DataConfig, suffix: str) -> list[_Input]:
+          passthrough: Sequence[str], data: DataConfig, suffix: str) -> list[Predicted]:
     """Every input checked (readable, has the tree and the branches) and its output path,
     before any work is done."""
     paths = list(dict.fromkeys(expand_files(files, where="the input files",
@@ -163,7 +154,7 @@ def _plan(bundle: Bundle, files: Sequence[str], output: Path, *, tree: str,
                         f"The passthrough branch {name!r} is not in {path}. Name branches of "
                         "the input tree, or leave --passthrough out."
                     )
-            inputs.append(_Input(path, out, ttree.num_entries))
+            inputs.append(Predicted(path, out, ttree.num_entries))
         if not _is_url(path) and out.resolve() == Path(path).resolve():
             raise HepdaskError(
                 f"The output for {path} would be the file itself: give another --output "
@@ -211,9 +202,9 @@ def _columns(bundle: Bundle, events: ak.Array, branch: str,
     return out
 
 
-def _empty(bundle: Bundle, item: _Input, tree: str, columns: list[str], data: DataConfig,
+def _empty(bundle: Bundle, item: Predicted, tree: str, columns: list[str], data: DataConfig,
            branch: str, passthrough: Sequence[str]) -> dict:
-    with uproot.open(item.path, timeout=data.timeout) as file:
+    with uproot.open(item.input, timeout=data.timeout) as file:
         events = file[tree].arrays(filter_name=columns, entry_stop=0)
     return _columns(bundle, events, branch, passthrough)
 
