@@ -55,7 +55,8 @@ def write_bundle(run_dir: str | Path, *, name: str, engine: str, model, layout: 
     an expression are under ``label_expressions``, from the recipe).
     """
     run_dir = Path(run_dir)
-    write_json(run_dir / FEATURES, {**layout.to_dict(), "preprocess": preprocess.describe(),
+    recipe = preprocess.describe()
+    write_json(run_dir / FEATURES, {**layout.to_dict(), "preprocess": recipe,
                                     "inputs": preprocess.schema()})
     write_json(run_dir / BUNDLE, {
         "format": BUNDLE_FORMAT,
@@ -64,8 +65,7 @@ def write_bundle(run_dir: str | Path, *, name: str, engine: str, model, layout: 
         "model": {"file": model.filename, "feature_names": list(model.feature_names),
                   **model.bundle_info()},
         "classes": {str(k): list(v) for k, v in sorted(classes.items())},
-        "label_expressions": {k: v for k, v in preprocess.describe()["labels"].items()
-                              if isinstance(v, str)},
+        "label_expressions": {k: v for k, v in recipe["labels"].items() if isinstance(v, str)},
         "tree": tree,
         "step_size": step_size,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -83,13 +83,9 @@ class Bundle:
 
     name: str
     path: Path
-    engine: str
     model: Any  # XGBoostModel, KerasModel or SklearnModel
     layout: Layout
     preprocess: Preprocess
-    classes: dict[int, list[str]]
-    tree: str
-    step_size: int
     info: dict  # bundle.json as written
 
     @classmethod
@@ -120,9 +116,25 @@ class Bundle:
         else:
             from .train.sklearn import SklearnModel as Model
         model = Model.load(run_dir, model_info, names)
-        return cls(name or info["name"], run_dir.resolve(), engine, model, layout, preprocess,
-                   {int(k): v for k, v in info["classes"].items()}, info["tree"],
-                   info["step_size"], info)
+        return cls(name or info["name"], run_dir.resolve(), model, layout, preprocess, info)
+
+    @property
+    def engine(self) -> str:
+        return self.info["engine"]
+
+    @property
+    def tree(self) -> str:
+        """The tree the model was trained on (the default input tree)."""
+        return self.info["tree"]
+
+    @property
+    def step_size(self) -> int:
+        return self.info["step_size"]
+
+    @property
+    def classes(self) -> dict[int, list[str]]:
+        """Class number -> the samples labelled with it in training."""
+        return {int(k): v for k, v in self.info["classes"].items()}
 
     @property
     def n_classes(self) -> int:

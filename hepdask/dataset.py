@@ -34,7 +34,7 @@ from .errors import HepdaskError
 from .preprocess import Branch, Preprocess, build_preprocess, describe_tree, missing_branch
 
 __all__ = ["Branch", "Dataset", "FileInfo", "Partition", "ReadError", "Sample", "expand_files",
-           "open_dataset", "open_tree", "read_again", "read_lazily", "split_codes", "unreadable"]
+           "is_url", "open_dataset", "open_tree", "read_again", "read_lazily", "split_codes", "unreadable"]
 
 log = logging.getLogger("hepdask")
 
@@ -334,7 +334,7 @@ def _entry_limits(entries: list[int], max_events: int | None) -> Iterator[int]:
 
 def _file_info(path: str, entries: int, timeout: int) -> FileInfo:
     """Size, modification time and (remote) ETag or checksum: what tells a changed file."""
-    if not _is_url(path):
+    if not is_url(path):
         stat = os.stat(path)
         return FileInfo(path, entries, stat.st_size, stat.st_mtime)
     fs, remote = fsspec.core.url_to_fs(path, timeout=timeout)
@@ -348,7 +348,8 @@ def _file_info(path: str, entries: int, timeout: int) -> FileInfo:
                     tag)
 
 
-def _is_url(path: str) -> bool:
+def is_url(path: str) -> bool:
+    """Whether ``path`` is a URL (``root://``, ``https://``, ...) rather than a local path."""
     return "://" in path
 
 
@@ -364,7 +365,7 @@ def expand_files(patterns: Iterable[str], *, where: str, redirector: str | None 
     for pattern in patterns:
         if redirector and pattern.startswith("/store/") and not os.path.exists(pattern):
             pattern = f"{redirector.rstrip('/')}/{pattern}"
-        if _is_url(pattern):
+        if is_url(pattern):
             paths += _remote_glob(pattern, where) if glob.has_magic(pattern) else [pattern]
         elif pattern.endswith(".txt"):
             listing = Path(pattern)

@@ -13,9 +13,10 @@ appears complete or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -27,7 +28,7 @@ import uproot
 
 from .bundle import Bundle
 from .config import DataConfig
-from .dataset import Partition, expand_files, open_tree, read_again, read_lazily, unreadable
+from .dataset import Partition, expand_files, is_url, open_tree, read_again, read_lazily, unreadable
 from .errors import HepdaskError
 from .outputs import atomic_path
 from .progress import iterate
@@ -106,14 +107,14 @@ def predict(bundle: Bundle, files: Sequence[str], output: str | Path, *, client,
         window = 2 * max(1, sum(client.nthreads().values()))
     results = iterate(in_order(client, tasks, window=window), len(tasks), unit="partitions")
     for item in inputs:
-        writer = _RootOutput if format == "root" else _ParquetOutput
-        with writer(item.output, friend_tree or bundle.name) as out:
+        output = _root_output if format == "root" else _parquet_output
+        with output(item.output, friend_tree or bundle.name) as write:
             if item.entries == 0:  # no partition: the (empty) columns, with their types
-                out.write(_empty(bundle, item, tree, columns, data, branch, passthrough))
+                write(_empty(bundle, item, tree, columns, data, branch, passthrough))
             written = 0
             while written < item.entries:
                 chunk = next(results)
-                out.write(chunk)
+                write(chunk)
                 written += len(chunk[names[0]])
         log.debug("Wrote %s (%d entries)", item.output, item.entries)
     for _ in results:  # none is left; this ends the count on the progress bar
@@ -143,6 +144,11 @@ def _plan(bundle: Bundle, files: Sequence[str], output: Path, *, tree: str,
         raise HepdaskError("No input file given: name the ROOT files to score.")
     inputs = []
     for path, out in zip(paths, _output_paths(paths, output, suffix), strict=True):
+        if not is_url(path) and out.resolve() == Path(path).resolve():
+            raise HepdaskError(
+                f"The output for {path} would be the file itself: give another --output "
+                "directory than the inputs'."
+            )
         with open_tree(path, tree, timeout=data.timeout, context="an input file",
                        remedy="leave it out of the inputs",
                        tree_key="--tree (predict's option)") as ttree:
@@ -155,28 +161,19 @@ def _plan(bundle: Bundle, files: Sequence[str], output: Path, *, tree: str,
                         "the input tree, or leave --passthrough out."
                     )
             inputs.append(Predicted(path, out, ttree.num_entries))
-        if not _is_url(path) and out.resolve() == Path(path).resolve():
-            raise HepdaskError(
-                f"The output for {path} would be the file itself: give another --output "
-                "directory than the inputs'."
-            )
     return inputs
 
 
 def _output_paths(paths: Sequence[str], output: Path, suffix: str) -> list[Path]:
     """The inputs' names in ``output``, or their paths below their common directory when two
     have the same name."""
-    parts = [PurePosixPath(urlparse(p).path if _is_url(p) else Path(p).as_posix()) for p in paths]
+    parts = [PurePosixPath(urlparse(p).path if is_url(p) else Path(p).as_posix()) for p in paths]
     if len({p.name for p in parts}) == len(parts):
         relative = [PurePosixPath(p.name) for p in parts]
     else:
         common = os.path.commonpath([str(p.parent) for p in parts])
         relative = [p.relative_to(common) for p in parts]
     return [output / r.with_suffix(suffix) for r in relative]
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 def _score_partition(bundle: Bundle, raw, partition: Partition, tree: str, columns: list[str],
@@ -209,63 +206,44 @@ def _empty(bundle: Bundle, item: Predicted, tree: str, columns: list[str], data:
     return _columns(bundle, events, branch, passthrough)
 
 
-class _Output:
-    """An output file written chunk by chunk under a temporary name, renamed when complete."""
+@contextlib.contextmanager
+def _root_output(path: Path, tree: str) -> Iterator[Callable[[dict], None]]:
+    """``write(columns)`` appending to a friend tree; the file appears when complete."""
+    with atomic_path(path) as tmp, uproot.recreate(tmp) as file:
+        ttree = None
 
-    def __init__(self, path: Path, tree: str):
-        self.path, self.tree = path, tree
-        self._atomic = atomic_path(path)
+        def write(columns: dict) -> None:
+            nonlocal ttree
+            if ttree is None:
+                ttree = file.mktree(tree, {k: _root_type(v) for k, v in columns.items()})
+            if len(next(iter(columns.values()))):
+                ttree.extend(columns)
 
-    def __enter__(self):
-        self.tmp = self._atomic.__enter__()
-        self.open()
-        return self
+        yield write
 
-    def __exit__(self, *exc) -> None:
+
+@contextlib.contextmanager
+def _parquet_output(path: Path, tree: str) -> Iterator[Callable[[dict], None]]:
+    """``write(columns)`` adding a row group to a parquet file; it appears when complete."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        writer = None
+
+        def write(columns: dict) -> None:
+            nonlocal writer
+            table = ak.to_arrow_table(ak.zip({k: ak.Array(v) if isinstance(v, np.ndarray) else v
+                                              for k, v in columns.items()}, depth_limit=1),
+                                      extensionarray=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+
         try:
-            self.close()
+            yield write
         finally:
-            self._atomic.__exit__(*exc)
-
-    def open(self) -> None: ...
-
-    def write(self, columns: dict) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class _RootOutput(_Output):
-    def open(self) -> None:
-        self.file = uproot.recreate(self.tmp)
-        self.ttree = None
-
-    def write(self, columns: dict) -> None:
-        if self.ttree is None:
-            self.ttree = self.file.mktree(self.tree, {k: _root_type(v) for k, v in columns.items()})
-        if len(next(iter(columns.values()))):
-            self.ttree.extend(columns)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class _ParquetOutput(_Output):
-    def open(self) -> None:
-        self.writer = None
-
-    def write(self, columns: dict) -> None:
-        import pyarrow.parquet as pq
-
-        table = ak.to_arrow_table(ak.zip({k: ak.Array(v) if isinstance(v, np.ndarray) else v
-                                          for k, v in columns.items()}, depth_limit=1),
-                                  extensionarray=False)
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.tmp, table.schema)
-        self.writer.write_table(table)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+            if writer is not None:
+                writer.close()
 
 
 def _root_type(value):

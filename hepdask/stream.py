@@ -244,7 +244,8 @@ def in_order(client, tasks: Sequence, *, window: int) -> Iterator:
         pending.append(client.compute(task))
     while pending:
         future = pending.popleft()
-        for task in itertools.islice(ahead, 1):
+        task = next(ahead, None)
+        if task is not None:
             pending.append(client.compute(task))
         result = future.result()
         future.release()
@@ -276,6 +277,13 @@ def predict_split(client, features: Features, split: str, transform: Transform, 
 class StreamedModel:
     """``scores`` for models trained on the stream; they define ``predict(X)``, ``transform``
     and ``stream`` (the :class:`~hepdask.config.StreamConfig`)."""
+
+    @classmethod
+    def _loaded(cls, model, feature_names: tuple[str, ...], info: dict):
+        """The model saved in a bundle, with the transform its ``info`` records."""
+        transform = Transform(tuple(info["indicators"]), (), use_weights=True)
+        return cls(model, feature_names, transform, StreamConfig(),
+                   best_iteration=info["best_iteration"])
 
     def score_matrix(self, X: np.ndarray) -> np.ndarray:
         """Scores of the rows of a feature matrix (as :func:`partition_matrix` makes it)."""

@@ -83,9 +83,7 @@ class KerasModel(StreamedModel):
              ) -> KerasModel:
         """The saved network, ready to score (not to train on: the optimizer is not loaded)."""
         model = import_keras().saving.load_model(Path(directory) / cls.filename, compile=False)
-        transform = Transform(tuple(info["indicators"]), (), use_weights=True)
-        return cls(model, feature_names, transform, StreamConfig(),
-                   best_iteration=info["best_iteration"])
+        return cls._loaded(model, feature_names, info)
 
 
 def train_keras(client, features: Features, specs: Specs, config: KerasConfig,

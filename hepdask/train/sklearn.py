@@ -74,10 +74,7 @@ class SklearnModel(StreamedModel):
     @classmethod
     def load(cls, directory: str | Path, info: dict, feature_names: tuple[str, ...]
              ) -> SklearnModel:
-        estimator = joblib.load(Path(directory) / cls.filename)
-        transform = Transform(tuple(info["indicators"]), (), use_weights=True)
-        return cls(estimator, feature_names, transform, StreamConfig(),
-                   best_iteration=info["best_iteration"])
+        return cls._loaded(joblib.load(Path(directory) / cls.filename), feature_names, info)
 
 
 def make_estimator(config: SklearnConfig):
