@@ -20,7 +20,7 @@ import re
 import shutil
 import urllib.request
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,8 @@ __all__ = [
     "MANIFEST_NAME",
     "SIGNAL_TOTAL",
     "PreparedData",
+    "announce_synthetic",
+    "find_prepared",
     "prepare",
     "read_csv",
     "synthesize",
@@ -632,6 +634,13 @@ def _codes(what: str, series: Any, codes: dict[str, int], dtype: type) -> np.nda
     return np.array([codes[category] for category in categories], dtype=dtype)[index]
 
 
+def _no_csv(what: str) -> HepdaskError:
+    return HepdaskError(
+        f"{what} does not exist. Download {CSV_NAME} from CERN Open Data record 328 "
+        f"({CSV_URL}) and give its path, or check the spelling."
+    )
+
+
 def read_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read the official HiggsML CSV (plain or gzip-compressed) into the :func:`synthesize` schema.
 
@@ -643,10 +652,7 @@ def read_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     path = pathlib.Path(path)
     what = f"The HiggsML CSV {path}"
     if not path.is_file():
-        raise HepdaskError(
-            f"{what} does not exist. Download {CSV_NAME} from CERN Open Data record 328 "
-            f"({CSV_URL}) and give its path, or check the spelling."
-        )
+        raise _no_csv(what)
     try:
         gz = _is_gzip(path)
         with (gzip.open if gz else open)(path, "rt", encoding="ascii", newline="") as handle:
@@ -698,6 +704,18 @@ def _write_tree(path: pathlib.Path, tree: str, branches: Mapping[str, np.ndarray
         temporary.unlink(missing_ok=True)
 
 
+def _check_events_per_file(where: str, events_per_file: object) -> None:
+    if (
+        isinstance(events_per_file, bool)
+        or not isinstance(events_per_file, int)
+        or events_per_file < 1
+    ):
+        raise HepdaskError(
+            f"{where}: events_per_file={events_per_file!r} must be a positive integer, for example "
+            "250_000."
+        )
+
+
 def write_root(
     columns: Mapping[str, np.ndarray],
     directory: str | os.PathLike[str],
@@ -720,15 +738,7 @@ def write_root(
     """
     directory = pathlib.Path(directory)
     where = f"write_root to {directory}"
-    if (
-        isinstance(events_per_file, bool)
-        or not isinstance(events_per_file, int)
-        or events_per_file < 1
-    ):
-        raise HepdaskError(
-            f"{where}: events_per_file={events_per_file!r} must be a positive integer, for example "
-            "250_000."
-        )
+    _check_events_per_file(where, events_per_file)
     if "Label" not in columns:
         raise HepdaskError(
             f"{where}: the columns have no Label (1 signal, 0 background) to split the events by "
@@ -769,6 +779,11 @@ def write_root(
 
 # --- prepare --------------------------------------------------------------------------------
 
+# Where prepare writes a new series before moving it into place: hidden, so that the samples'
+# globs never see a half-written series, and in the same file system, so that moving is renaming.
+_STAGING = ".hepdask-prepare"
+_REPLACES = "replaces"  # staging manifest only: the files of the series it replaces
+
 
 @dataclass(frozen=True)
 class PreparedData:
@@ -800,6 +815,18 @@ class PreparedData:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> PreparedData:
         """Load a prepared directory, checking that every file its manifest lists exists."""
+        prepared = cls.read(directory)
+        if prepared.absent:
+            raise HepdaskError(
+                f"The HiggsML manifest {prepared.directory / MANIFEST_NAME} lists file(s) that do "
+                f"not exist: {', '.join(map(str, prepared.absent))}. Run "
+                f"hepdask.higgsml.prepare({str(prepared.directory)!r}) to write them again."
+            )
+        return prepared
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike[str]) -> PreparedData:
+        """The manifest of ``directory`` as it is, whether or not the files it lists exist."""
         directory = pathlib.Path(directory)
         path = directory / MANIFEST_NAME
         try:
@@ -812,13 +839,45 @@ class PreparedData:
                 f"The HiggsML manifest {path} is missing or damaged ({exc!r}). Run "
                 f"hepdask.higgsml.prepare({str(directory)!r}) to (re)create the data."
             ) from exc
-        absent = [str(p) for paths in files.values() for p in paths if not p.is_file()]
-        if absent:
-            raise HepdaskError(
-                f"The HiggsML manifest {path} lists file(s) that do not exist: {', '.join(absent)}."
-                f" Run hepdask.higgsml.prepare({str(directory)!r}) to write them again."
-            )
         return cls(source, directory, files, n_events, tree, manifest)
+
+    @property
+    def names(self) -> set[str]:
+        """The names of the files the manifest lists."""
+        return {path.name for paths in self.files.values() for path in paths}
+
+    @property
+    def absent(self) -> list[pathlib.Path]:
+        """The files the manifest lists that do not exist."""
+        return [path for paths in self.files.values() for path in paths if not path.is_file()]
+
+
+def find_prepared(paths: Iterable[str]) -> dict[str, PreparedData]:
+    """The prepared HiggsML directory whose manifest lists each of ``paths`` (local files; the
+    others are left out): where the files a run reads come from, whatever its [prepare] says."""
+    manifests: dict[pathlib.Path, PreparedData | None] = {}
+    found = {}
+    for path in paths:
+        if "://" in path:
+            continue
+        file = pathlib.Path(path).resolve()
+        if file.parent not in manifests:
+            try:
+                manifests[file.parent] = PreparedData.read(file.parent)
+            except HepdaskError:
+                manifests[file.parent] = None
+        prepared = manifests[file.parent]
+        if prepared is not None and file.name in prepared.names:
+            found[path] = prepared
+    return found
+
+
+def announce_synthetic(prepared: PreparedData, action: str) -> None:
+    """The SYNTHETIC DATA banner on the ``hepdask`` logger, when ``prepared`` is synthetic."""
+    if prepared.source == "synthetic":
+        n_events = sum(prepared.n_events.values())
+        seed = prepared.manifest.get("seed", "unknown")
+        logger.warning(_banner(prepared.directory, n_events, seed, action))
 
 
 def _download(directory: pathlib.Path) -> pathlib.Path | None:
@@ -850,7 +909,7 @@ def _local_csv(directory: pathlib.Path, csv: str | os.PathLike[str] | None) -> p
     return None
 
 
-def _banner(directory: pathlib.Path, n_events: int, seed: int, action: str) -> str:
+def _banner(directory: pathlib.Path, n_events: int, seed: object, action: str) -> str:
     rule = "=" * 78
     return (
         f"\n{rule}\nSYNTHETIC DATA: {action} {n_events:,} synthetic HiggsML events (seed {seed}) "
@@ -872,17 +931,209 @@ def _write_manifest(directory: pathlib.Path, manifest: dict[str, Any]) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _reusable(
-    previous: PreparedData, local: pathlib.Path | None, explicit: bool, request: dict[str, Any]
-) -> bool:
-    """Whether an earlier preparation answers this request: real data are never replaced by
-    synthetic ones, and synthetic ones are replaced as soon as a real CSV is available."""
-    manifest = previous.manifest
-    if any(manifest.get(key) != value for key, value in request.items()):
+def _names(paths: list[pathlib.Path]) -> str:
+    shown = ", ".join(path.name for path in paths[:4])
+    return shown + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
+
+
+def _series(directory: pathlib.Path) -> list[pathlib.Path]:
+    """The files the samples' usual globs (``signal_*.root``, ``background_*.root``) would read."""
+    return sorted(path for name in _CLASSES for path in directory.glob(f"{name}_*.root"))
+
+
+def _previous(directory: pathlib.Path) -> PreparedData | None:
+    """The earlier preparation in ``directory``; None where there is neither one nor any file a
+    new one could overwrite. Without a readable manifest, files of the series may be anybody's,
+    real data included: hepdask refuses to touch them."""
+    try:
+        return PreparedData.read(directory)
+    except HepdaskError as exc:
+        theirs = _series(directory)
+        if theirs:
+            raise HepdaskError(
+                f"The HiggsML data directory {directory} holds {_names(theirs)} but no readable "
+                f"{MANIFEST_NAME} ({exc.__cause__!r}), so hepdask cannot tell whether they are its "
+                "own synthetic files or real data, and will not overwrite them. Point "
+                "prepare.directory (or --directory) at another directory, or, if these files "
+                "are an old hepdask sample you want replaced, delete them yourself first."
+            ) from None
+        return None
+
+
+def _check_unlisted(directory: pathlib.Path, previous: PreparedData | None) -> None:
+    """Before writing: every file of the series must be one that the manifest lists."""
+    listed = previous.names if previous is not None else set()
+    unlisted = [path for path in _series(directory) if path.name not in listed]
+    if unlisted:
+        raise HepdaskError(
+            f"The HiggsML data directory {directory} holds {_names(unlisted)}, which its "
+            f"{MANIFEST_NAME} does not list: hepdask never overwrites or deletes files it did not "
+            "write, and a new series would be mixed with them. Move them to another directory, "
+            "or point prepare.directory (or --directory) elsewhere."
+        )
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
         return False
-    if previous.source == "synthetic":
-        return local is None
-    return not explicit or manifest.get("csv") == str(local.resolve())
+
+
+def _sizes(n_events: Mapping[str, int], events_per_file: object) -> list[list[int]] | None:
+    """Events per file of each class in a layout (None for a layout that is not one)."""
+    if isinstance(events_per_file, bool) or not isinstance(events_per_file, int):
+        return None
+    return [[min(events_per_file, n - start) for start in range(0, n, events_per_file)]
+            for n in (n_events[name] for name in _CLASSES)]
+
+
+def _read_root(prepared: PreparedData) -> dict[str, np.ndarray]:
+    """The events of a prepared directory as columns (``Label`` included), to write them anew."""
+    from .dataset import READ_ERRORS
+
+    parts, labels = [], []
+    for name, label in zip(_CLASSES, (1, 0), strict=True):
+        for path in prepared.files[name]:
+            try:
+                with uproot.open(path) as file:
+                    parts.append(file[prepared.tree].arrays(library="np"))
+            except (*READ_ERRORS, KeyError) as exc:
+                raise HepdaskError(
+                    f"Cannot read {path} ({exc}) to re-split the real HiggsML data of "
+                    f"{prepared.directory} into other files; nothing was changed. Restore the "
+                    "file, or convert the CSV into another directory."
+                ) from exc
+            labels.append(np.full(len(next(iter(parts[-1].values()))), label, np.int8))
+    columns = {branch: np.concatenate([part[branch] for part in parts]) for branch in parts[0]}
+    columns["Label"] = np.concatenate(labels)
+    return columns
+
+
+def _keep_real(
+    previous: PreparedData, csv: str | os.PathLike[str] | None, layout: dict[str, Any]
+) -> PreparedData:
+    """Real data stay: reused, re-split from their ROOT files into the requested layout, or
+    converted again from their CSV where files are missing; never replaced or deleted."""
+    directory, manifest = previous.directory, previous.manifest
+    origin = pathlib.Path(str(manifest.get("csv", "")))
+    if csv is not None and not _same_file(csv, origin):
+        raise HepdaskError(
+            f"The HiggsML data directory {directory} already holds the real challenge data "
+            f"({previous.source}, from {origin}), and hepdask never replaces real data. To convert "
+            f"{csv}, choose another prepare.directory (or --directory); to use the data in "
+            f"{directory}, leave prepare.csv (--csv) out."
+        )
+    if previous.absent:
+        if not origin.is_file():
+            raise HepdaskError(
+                f"The real HiggsML data in {directory} are incomplete: {_names(previous.absent)}, "
+                f"listed in its {MANIFEST_NAME}, do not exist, and {origin}, the CSV they were "
+                "converted from, is gone too. hepdask never replaces real data with synthetic "
+                "ones: restore the missing files or the CSV, or move the remaining files away and "
+                "prepare the directory again."
+            )
+        _check_unlisted(directory, previous)
+        logger.warning("Converting %s again: %s lack(s) in %s", origin, _names(previous.absent),
+                       directory)
+        return _install(directory, read_csv(origin), dict(manifest), layout, previous)
+    if all(manifest.get(key) == value for key, value in layout.items()):
+        return previous
+    _check_unlisted(directory, previous)
+    same_files = layout["tree"] == previous.tree and _sizes(
+        previous.n_events, manifest.get("events_per_file")
+    ) == _sizes(previous.n_events, layout["events_per_file"])
+    if same_files:  # e.g. 250000 or 125000 per file of a small CSV: the very same files
+        _write_manifest(directory, {**manifest, **layout})
+        return PreparedData.load(directory)
+    logger.warning(
+        "Re-splitting the real HiggsML data (%s) in %s from %s to %s events per file (tree %r): "
+        "the same events in other files, so the train/validation/test split, which is keyed by "
+        "file name and entry, changes too.",
+        previous.source, directory, manifest.get("events_per_file"), layout["events_per_file"],
+        layout["tree"],
+    )
+    return _install(directory, _read_root(previous), dict(manifest), layout, previous)
+
+
+def _install(
+    directory: pathlib.Path,
+    columns: Mapping[str, np.ndarray],
+    manifest: dict[str, Any],
+    layout: dict[str, Any],
+    previous: PreparedData | None,
+) -> PreparedData:
+    """Write the series and its manifest into the staging directory, then move them into place.
+
+    The files a new series replaces stay untouched until all of it is written: a full disk or an
+    interruption before that leaves the directory as it was, and one after it is finished by the
+    next :func:`prepare` (see :func:`_finish`).
+    """
+    staging = directory / _STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        files = write_root(columns, staging, tree=layout["tree"],
+                           events_per_file=layout["events_per_file"])
+        signal = columns["Label"] == 1
+        weight = columns["Weight"].astype(np.float64)
+        manifest.update(
+            layout,
+            branches=[name for name in columns if name != "Label"],
+            files={name: [p.name for p in files[name]] for name in _CLASSES},
+            n_events={"signal": int(signal.sum()), "background": int((~signal).sum())},
+            weight_sums={
+                "signal": float(weight[signal].sum()),
+                "background": float(weight[~signal].sum()),
+            },
+            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        )
+        manifest[_REPLACES] = sorted(previous.names) if previous is not None else []
+        _write_manifest(staging, manifest)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise HepdaskError(
+                f"Writing the HiggsML manifest into {staging} failed: {exc}. The data in "
+                f"{directory} are unchanged; free some space and try again."
+            ) from exc
+        raise
+    _finish(directory)
+    return PreparedData.load(directory)
+
+
+def _finish(directory: pathlib.Path) -> None:
+    """Move a complete staged series into place, also after an interruption; remove an incomplete
+    one (copies only: the files it was to replace are still there).
+
+    The staging manifest, written last, marks the staged series complete; the directory's own
+    manifest is removed before the first file moves and written again after the last one, so it
+    never lists files that are not (or no longer) those it describes.
+    """
+    staging = directory / _STAGING
+    if not staging.is_dir():
+        return
+    try:
+        pending = PreparedData.read(staging)
+    except HepdaskError:
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    manifest = dict(pending.manifest)
+    replaced = set(manifest.pop(_REPLACES, []))
+    try:
+        (directory / MANIFEST_NAME).unlink(missing_ok=True)
+        for name in sorted(replaced - pending.names):
+            (directory / name).unlink(missing_ok=True)
+        for name in sorted(pending.names):
+            if (staging / name).exists():
+                os.replace(staging / name, directory / name)
+        _write_manifest(directory, manifest)
+        (staging / MANIFEST_NAME).unlink()
+        shutil.rmtree(staging)
+    except OSError as exc:
+        raise HepdaskError(
+            f"Moving the prepared HiggsML files from {staging} into {directory} failed: {exc}. "
+            "The complete new series is in the former; prepare the directory again to finish."
+        ) from exc
 
 
 def prepare(
@@ -897,12 +1148,18 @@ def prepare(
 ) -> PreparedData:
     """Make sure HiggsML ROOT files are in ``directory``: convert, download or synthesize them.
 
-    An earlier preparation (``MANIFEST.json`` with all its files) is reused without any work when
-    it matches the request: same tree and events per file, the same CSV if ``csv`` is given, the
-    same seed and size if synthetic, and no real CSV available if synthetic. Otherwise the first
-    available source wins: ``csv``, or the official file in ``directory`` (``.csv.gz`` or
-    ``.csv``); a download from CERN Open Data if ``download``; ``synthetic_events`` synthetic
-    events, announced by a warning banner on the ``hepdask`` logger.
+    Real data (converted from a CSV or a download) are never replaced or deleted: they are
+    reused as they are; re-split from their own ROOT files when another tree or number of events
+    per file is asked for; converted again from their CSV when files are missing; and a
+    different ``csv`` is refused. A synthetic sample is reused when it has the seed, size and
+    layout asked for and no real CSV is available; otherwise the first available source wins:
+    ``csv``, or the official file in ``directory`` (``.csv.gz`` or ``.csv``); a download from CERN
+    Open Data if ``download``; ``synthetic_events`` synthetic events, announced by a warning
+    banner on the ``hepdask`` logger.
+
+    Files of the series (``signal_*.root``, ``background_*.root``) that no readable manifest
+    lists are never overwritten: ``prepare`` refuses instead. A new series is written aside and
+    moved into place once complete, so an interruption or a full disk loses nothing.
 
     Returns
     -------
@@ -910,20 +1167,21 @@ def prepare(
         The files, event counts and manifest; ``source`` says whether the data are real.
     """
     directory = pathlib.Path(directory)
-    local = _local_csv(directory, csv)
+    _check_events_per_file(f"prepare {directory}", events_per_file)
+    if csv is not None and not pathlib.Path(csv).is_file():
+        raise _no_csv(f"The HiggsML CSV {csv}")
+    _finish(directory)
+    previous = _previous(directory)
     layout = {"tree": tree, "events_per_file": events_per_file}
-    try:
-        previous: PreparedData | None = PreparedData.load(directory)
-    except HepdaskError:
-        previous = None
-    if previous is not None:
-        request = dict(layout)
-        if previous.source == "synthetic":
-            request.update(seed=seed, synthetic_events=synthetic_events)
-        if _reusable(previous, local, csv is not None, request):
-            if previous.source == "synthetic":
-                logger.warning(_banner(directory, synthetic_events, seed, "reusing"))
-            return previous
+    if previous is not None and previous.source != "synthetic":
+        return _keep_real(previous, csv, layout)
+    local = _local_csv(directory, csv)
+    request = {**layout, "seed": seed, "synthetic_events": synthetic_events}
+    if (previous is not None and local is None and not previous.absent
+            and all(previous.manifest.get(key) == value for key, value in request.items())):
+        announce_synthetic(previous, "reusing")
+        return previous
+    _check_unlisted(directory, previous)
 
     manifest: dict[str, Any] = {
         "manifest_version": 1,
@@ -944,23 +1202,4 @@ def prepare(
         columns = synthesize(synthetic_events, seed=seed)
         manifest.update(source="synthetic", seed=seed, synthetic_events=synthetic_events)
         logger.warning(_banner(directory, synthetic_events, seed, "generated"))
-
-    (directory / MANIFEST_NAME).unlink(missing_ok=True)  # the files it lists are about to change
-    files = write_root(columns, directory, events_per_file=events_per_file, tree=tree)
-    signal = columns["Label"] == 1
-    weight = columns["Weight"].astype(np.float64)
-    manifest.update(
-        layout,
-        branches=[name for name in columns if name != "Label"],
-        files={
-            name: [p.relative_to(directory).as_posix() for p in files[name]] for name in _CLASSES
-        },
-        n_events={"signal": int(signal.sum()), "background": int((~signal).sum())},
-        weight_sums={
-            "signal": float(weight[signal].sum()),
-            "background": float(weight[~signal].sum()),
-        },
-        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    )
-    _write_manifest(directory, manifest)
-    return PreparedData.load(directory)
+    return _install(directory, columns, manifest, layout, previous)

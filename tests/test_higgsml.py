@@ -530,10 +530,16 @@ def test_prepare_repairs_damage(tmp_path: Path) -> None:
         PreparedData.load(tmp_path)
     repaired = prepare(tmp_path, download=False, synthetic_events=800)
     assert all(p.is_file() for p in repaired.files["signal"])
-    (tmp_path / "MANIFEST.json").write_text("{not json")
-    with pytest.raises(HepdaskError, match="damaged"):
-        PreparedData.load(tmp_path)
-    assert prepare(tmp_path, download=False, synthetic_events=800).n_events == repaired.n_events
     with pytest.raises(HepdaskError, match="does not exist"):
         prepare(tmp_path, csv=tmp_path / "absent.csv")
     assert PreparedData.load(tmp_path).n_events == repaired.n_events  # a bad csv= destroys nothing
+    (tmp_path / "MANIFEST.json").write_text("{not json")
+    with pytest.raises(HepdaskError, match="damaged"):
+        PreparedData.load(tmp_path)
+    # Without a manifest the files may be real data: refused (tests/test_higgsml_data.py), until
+    # they are gone.
+    with pytest.raises(HepdaskError, match="will not overwrite"):
+        prepare(tmp_path, download=False, synthetic_events=800)
+    for path in tmp_path.glob("*.root"):
+        path.unlink()
+    assert prepare(tmp_path, download=False, synthetic_events=800).n_events == repaired.n_events
