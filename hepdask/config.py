@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
+import os
 import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from .errors import HepdaskError
@@ -125,6 +127,38 @@ class PrepareConfig:
                 f"Config key prepare.dataset is {self.dataset!r}: the only data set hepdask "
                 "can prepare is 'higgs'; remove the [prepare] table for your own files."
             )
+
+    def check_read_by(self, samples: Sequence[SampleConfig]) -> None:
+        """The samples must read the directory that [prepare] fills: a run over other files
+        would train on data other than those prepared, and describe the wrong ones."""
+        if self.dataset is None:
+            return
+        directory = os.path.realpath(self.directory)
+        if not any(_may_read(pattern, directory) for s in samples for pattern in s.files):
+            raise prepare_not_read(self.directory, {s.name: list(s.files) for s in samples})
+
+
+def _may_read(pattern: str, directory: str) -> bool:
+    """Whether a sample's file pattern can name files directly in ``directory`` (a ``.txt`` list
+    may: it is read with the files)."""
+    if "://" in pattern:
+        return False
+    if pattern.endswith(".txt"):
+        return True
+    parent = os.path.dirname(os.path.realpath(pattern))
+    return PurePath(directory).match(parent) if glob.has_magic(parent) else parent == directory
+
+
+def prepare_not_read(directory: str, files: Mapping[str, Sequence[str]]) -> HepdaskError:
+    """The error for a [prepare] directory that the samples do not read (``files``: per sample,
+    its patterns or the files it opened)."""
+    listing = "; ".join(f"{name}: {', '.join(paths)}" for name, paths in files.items())
+    return HepdaskError(
+        f"Config key prepare.directory is {directory!r}, but the samples read no file prepared "
+        f"there ({listing}): the run would train on other files than those [prepare] makes. "
+        f"Point the samples' files at it (e.g. files = [\"{directory}/signal_*.root\"]) or "
+        "prepare.directory at the directory the samples read, or remove the [prepare] table."
+    )
 
 
 @dataclass(frozen=True)
@@ -403,6 +437,7 @@ class Config:
         names = [s.name for s in self.samples]
         if len(set(names)) != len(names):
             raise HepdaskError(f"Sample names must be unique; the config has {names}.")
+        self.prepare.check_read_by(self.samples)
 
     @property
     def run_dir(self) -> Path:

@@ -61,7 +61,9 @@ class Pipeline:
         self.show_progress = progress
         self._progress: Progress | None = None
         self.timings: dict[str, float] = {}
-        self.data_source: dict | None = None
+        self.data_source: dict | None = None  # the files read and their source (metrics.json)
+        self.prepared = None  # the PreparedData of [prepare], once done
+        self._prepare_checked = False
         self.specs_reused: bool | None = None
         self._dataset: Dataset | None = None
         self._specs: Specs | None = None
@@ -79,31 +81,68 @@ class Pipeline:
         return cls(load_config(path, overrides), output=output, client=client,
                    progress=progress)
 
-    def prepare_data(self) -> dict | None:
-        """Create the files of a known data set (``[prepare]``) if they are missing."""
+    def prepare_data(self):
+        """Create or update the files of a known data set (``[prepare]``): see
+        :func:`hepdask.higgsml.prepare`. Returns its :class:`~hepdask.higgsml.PreparedData`, or
+        None without ``[prepare]``."""
+        self._prepare_checked = True
         prepare = self.config.prepare
         if prepare.dataset is None:
             return None
         from . import higgsml
 
         with self._timed("prepare"):
-            prepared = higgsml.prepare(
+            self.prepared = higgsml.prepare(
                 prepare.directory, csv=prepare.csv, download=prepare.download,
                 synthetic_events=prepare.synthetic_events, seed=prepare.seed,
                 events_per_file=prepare.events_per_file,
             )
-        self.data_source = {"dataset": prepare.dataset, "source": prepared.source,
-                            "directory": str(prepared.directory), "events": prepared.n_events}
-        return self.data_source
+        return self.prepared
 
     def dataset(self) -> Dataset:
         """Files, trees and feature branches of every sample, checked against each other."""
         if self._dataset is None:
-            if self.data_source is None:
+            if not self._prepare_checked:
                 self.prepare_data()
             with self._timed("dataset"):
-                self._dataset = open_dataset(self.config)
+                dataset = open_dataset(self.config)
+                self.data_source = self._describe_data(dataset)
+                self._dataset = dataset
         return self._dataset
+
+    def _describe_data(self, dataset: Dataset) -> dict:
+        """What ``metrics.json`` says about the data: every file each sample opened, and the
+        source of those a prepared HiggsML directory lists (``synthetic``, ``csv``,
+        ``download``), whatever ``[prepare]`` says. Announces synthetic files; a ``[prepare]``
+        directory none of whose files are read is an error."""
+        from . import higgsml
+        from .config import prepare_not_read
+
+        found = higgsml.find_prepared(f.path for s in dataset.samples for f in s.files)
+        directories = {p.directory.resolve(): p for p in found.values()}
+        if self.prepared is not None:
+            if self.prepared.directory.resolve() not in directories:
+                raise prepare_not_read(self.config.prepare.directory,
+                                       {s.name: [f.path for f in s.files] for s in dataset.samples})
+            directories.pop(self.prepared.directory.resolve())  # prepare announced its own
+        for prepared in directories.values():
+            higgsml.announce_synthetic(prepared, "reading")
+        sources = {p.source for p in found.values()}
+        if len(found) < sum(len(s.files) for s in dataset.samples):
+            sources.add("config files")  # files that no HiggsML manifest lists
+        record: dict = {"source": next(iter(sources)) if len(sources) == 1 else "mixed"}
+        if len(sources) > 1:
+            record["sources"] = sorted(sources)
+        if found:
+            record["dataset"] = "higgs"
+        record["samples"] = {
+            s.name: {"events": s.n_events,
+                     "files": [{"path": f.path, "entries": f.entries,
+                                **({"source": found[f.path].source} if f.path in found else {})}
+                               for f in s.files]}
+            for s in dataset.samples
+        }
+        return record
 
     def specs(self, *, client=None, reuse: bool = True, keep_reads: bool = False) -> Specs:
         """Per-branch statistics, from ``specs.json`` in the run directory when still valid.
@@ -210,7 +249,7 @@ class Pipeline:
             "n_validation": len(self.features().validation),
             "best_iteration": model.best_iteration,
             "features": len(model.feature_names),
-            "data": self.data_source or {"source": "config files"},
+            "data": self.data_source,
             "selection": {name: {"read": s.read, "selected": s.events}
                           for name, s in self.specs().samples.items()},
             "read_errors": [error.to_dict() for error in self.specs().read_errors],

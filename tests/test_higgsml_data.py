@@ -134,7 +134,7 @@ def test_real_data_are_not_replaced_by_another_csv_or_synthetic_ones(csv: Path, 
     moved.unlink()
     (tmp_path / "e" / "signal_001.root").unlink()
     left = _hashes(tmp_path / "e")
-    with pytest.raises(HepdaskError, match="signal_001.root"):
+    with pytest.raises(HepdaskError, match=r"signal_001\.root"):
         prepare(tmp_path / "e", download=True, synthetic_events=2000, events_per_file=300)
     assert _hashes(tmp_path / "e") == left
     assert json.loads((tmp_path / "e" / "MANIFEST.json").read_text())["source"] == "csv"
@@ -151,7 +151,7 @@ def test_files_without_a_manifest_are_never_overwritten(tmp_path: Path, manifest
     if manifest is not None:
         (tmp_path / "MANIFEST.json").write_text(manifest)
     before = _hashes(tmp_path)
-    with pytest.raises(HepdaskError, match="signal_000.root") as caught:
+    with pytest.raises(HepdaskError, match=r"signal_000\.root") as caught:
         prepare(tmp_path, download=False, synthetic_events=500)
     assert "\n" not in str(caught.value) and "MANIFEST.json" in str(caught.value)
     assert _hashes(tmp_path) == before
@@ -163,7 +163,7 @@ def test_files_a_synthetic_manifest_does_not_list_are_never_overwritten(tmp_path
     write_root(synthesize(50, seed=1), tmp_path / "mine")
     (tmp_path / "mine" / "signal_000.root").rename(mine)
     before = _hashes(tmp_path)
-    with pytest.raises(HepdaskError, match="signal_007.root"):
+    with pytest.raises(HepdaskError, match=r"signal_007\.root"):
         prepare(tmp_path, download=False, synthetic_events=900, events_per_file=200)
     assert _hashes(tmp_path) == before
 
@@ -182,13 +182,14 @@ def test_synthetic_data_are_replaced_by_synthetic_or_real_ones(csv: Path, tmp_pa
 
 
 def test_prepare_directory_the_samples_do_not_read_is_a_config_error(tmp_path: Path):
-    with pytest.raises(HepdaskError, match="prepare.directory") as caught:
+    with pytest.raises(HepdaskError, match=r"prepare\.directory") as caught:
         load_config(HIGGS, [*SMALL, f"prepare.directory='{tmp_path / 'official'}'"])
     message = str(caught.value)
     assert "data/higgs/signal_*.root" in message and "\n" not in message
     assert not (tmp_path / "official").exists()
 
 
+@pytest.mark.slow
 def test_cli_data_then_run_trains_on_the_real_files(csv: Path, tmp_path: Path):
     data = tmp_path / "real"
     result = hepdask(tmp_path, "data", "higgs", "--csv", str(csv), "--directory", str(data))
@@ -242,6 +243,7 @@ def _config(directory: Path, output: Path, *extra: str, prepare: bool = True):
         f"output='{output}'", "train.xgboost.num_boost_round=10", *extra]))
 
 
+@pytest.mark.slow
 def test_run_without_prepare_over_synthetic_files_says_synthetic(
     synthetic_dir: Path, tmp_path: Path, client, caplog: pytest.LogCaptureFixture
 ):
@@ -271,5 +273,5 @@ def test_prepare_over_other_files_than_the_samples_read_is_an_error(
                   f"prepare.directory='{tmp_path}'", "prepare.events_per_file=300",
                   f"samples.0.files=['{tmp_path}/mine_signal_*.root']",
                   f"samples.1.files=['{tmp_path}/mine_background_*.root']")
-    with pytest.raises(HepdaskError, match="prepare.directory"):
+    with pytest.raises(HepdaskError, match=r"prepare\.directory"):
         Pipeline(raw, progress=False).dataset()
