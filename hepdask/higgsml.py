@@ -5,7 +5,9 @@ module converts the CSV into one TTree file series per class, and, where the CSV
 nor downloadable, generates a synthetic stand-in with the same schema, the same ``-999`` pattern and
 roughly the same shapes, so that examples and tests run offline. :func:`prepare` chooses between the
 two and records what it did in ``MANIFEST.json``, so that later runs reuse the files and a synthetic
-sample is never mistaken for the real data.
+sample is never mistaken for the real data: :func:`find_prepared` tells, for the files a run reads,
+which manifest lists them. Real data are never replaced or deleted, and files that no manifest
+lists are never overwritten.
 """
 
 from __future__ import annotations

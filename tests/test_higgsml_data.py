@@ -18,6 +18,7 @@ from test_pipeline import HIGGS, SMALL, hepdask
 
 from hepdask import HepdaskError, Pipeline, higgsml, load_config
 from hepdask.config import apply_overrides, from_dict
+from hepdask.evaluate import summary
 from hepdask.higgsml import PreparedData, prepare, synthesize, write_root
 
 
@@ -254,7 +255,7 @@ def test_run_without_prepare_over_synthetic_files_says_synthetic(
     assert "SYNTHETIC DATA" in caplog.text and str(synthetic_dir) in caplog.text
     data = json.loads((tmp_path / "higgs" / "metrics.json").read_text())["data"]
     assert data == metrics["data"] and data["source"] == "synthetic"
-    assert data["dataset"] == "higgs"
+    assert data["dataset"] == "higgs" and "Data: higgs synthetic" in summary(metrics, tmp_path)
     files = [f for s in data["samples"].values() for f in s["files"]]
     assert {f["source"] for f in files} == {"synthetic"}
     assert sum(f["entries"] for f in files) == 4000
