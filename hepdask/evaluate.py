@@ -28,6 +28,8 @@ from .outputs import atomic_path
 __all__ = ["ams", "ams_at", "ams_curve", "ams_scan", "ams_thresholds", "evaluate_scores",
            "learned_nothing", "plot_all", "summary"]
 
+Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # (scores, labels, weights) of one split
+
 #: Scores are "consistent with no separation" when their AUC is within this many standard
 #: deviations of 0.5, the spread of the AUC of scores unrelated to the labels.
 NULL_AUC_SIGMAS = 3.0
@@ -122,9 +124,6 @@ def _null_auc_sigma(scores: np.ndarray, positive: np.ndarray) -> float:
     ties = ties.astype(np.float64)
     variance = n1 * n0 / 12.0 * ((n + 1) - (ties**3 - ties).sum() / (n * (n - 1)))
     return math.sqrt(max(variance, 0.0)) / (n1 * n0)
-
-
-Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # (scores, labels, weights)
 
 
 def evaluate_scores(scores: np.ndarray, y: np.ndarray, w: np.ndarray, *,
