@@ -318,8 +318,9 @@ def _plot_binary(save, plt, scores, y, w, metrics, class_totals, bins, validatio
         for name, split, colour, style in curves:
             _, selected, curve = ams_curve(*_arrays(*split), class_totals, a["b_reg"])
             ax.plot(selected / len(split[1]), curve, c=colour, ls=style, lw=1.2, label=name)
+        top = f"top {a['top_fraction']['fraction']:.0%}"
         for key, style, colour, label in (("best", "--", "C1", "best"),
-                                          ("top_fraction", ":", "C2", "top")):
+                                          ("top_fraction", ":", "C2", top)):
             point = a[key]
             ax.axvline(point["selected_fraction"], ls=style, c=colour,
                        label=f"{label} on {a['threshold_split']}: score >= "
@@ -379,10 +380,10 @@ def summary(metrics: Mapping, run_dir: str | Path) -> str:
         best, top = a["best"], a["top_fraction"]
         lines += [
             f"ROC AUC: {metrics['auc']:.4f} (weighted {metrics['auc_weighted']:.4f})",
-            f"AMS on test, thresholds from {a['threshold_split']}: {best['value']:.3f} at the "
-            f"best (score >= {best['threshold']:.4g}, {best['selected_fraction']:.1%} selected), "
-            f"{top['value']:.3f} at the top {top['fraction']:.0%} "
-            f"({top['selected_fraction']:.1%} selected)",
+            f"AMS on test, thresholds from {a['threshold_split']}: {best['value']:.3f} at the best"
+            f" (score >= {best['threshold']:.4g}, {best['selected_fraction']:.1%} selected),",
+            f"  {top['value']:.3f} at the top {top['fraction']:.0%} (score >= "
+            f"{top['threshold']:.4g}, {top['selected_fraction']:.1%} selected)",
         ]
         if "note" in a:
             lines.append(f"Note: {a['note']}")
