@@ -146,6 +146,7 @@ def step_train_numpy(directory: str, workers: int) -> dict:
 
     from hepdask import higgsml, load_config
     from hepdask.dataset import Partition, split_codes
+    from hepdask.weights import class_factors
 
     config = load_config(CONFIG, overrides(Path(directory), workers, Path(directory) / "unused"))
     xcfg = config.train.xgboost
@@ -163,8 +164,10 @@ def step_train_numpy(directory: str, workers: int) -> dict:
                 parts[s][1].append(np.full((codes == s).sum(), sample.label, np.float32))
                 parts[s][2].append(arrays["Weight"][codes == s])
     X, y, w = ({s: np.concatenate(parts[s][i]) for s in range(3)} for i in range(3))
-    params = dict(xcfg.params, nthread=workers,
-                  scale_pos_weight=w[0][y[0] == 0].sum() / w[0][y[0] == 1].sum())
+    params = dict(xcfg.params, nthread=workers)
+    factors = class_factors({c: w[0][y[0] == c].sum() for c in (0, 1)},  # as hepdask weighs
+                            {c: int((y[0] == c).sum()) for c in (0, 1)}, balance=True, key="")
+    w = {s: w[s] * np.where(y[s] == 1, factors[1], factors[0]) for s in w}
     dtrain = xgboost.QuantileDMatrix(X[0], y[0], weight=w[0])
     dvalid = xgboost.QuantileDMatrix(X[1], y[1], weight=w[1], ref=dtrain)
     booster = xgboost.train(params, dtrain, xcfg.num_boost_round,

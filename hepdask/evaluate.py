@@ -1,10 +1,16 @@
 """Test-split metrics and plots: ROC AUC, the HiggsML AMS, score and ROC curves, importances.
 
-Everything here works on NumPy arrays of the test split (scores, labels,
-weights: a few bytes per event), whichever engine produced the scores. Binary
-scores are the signal probability; with more than two classes there is one
-column per class, and the metrics are accuracy, one-vs-rest AUCs, log-loss and
-the confusion matrix (the AMS is a two-class figure).
+Everything here works on NumPy arrays of the validation and test splits (scores,
+labels, weights: a few bytes per event), whichever engine produced the scores.
+Binary scores are the signal probability; with more than two classes there is
+one column per class, and the metrics are accuracy, one-vs-rest AUCs, log-loss
+and the confusion matrix (the AMS is a two-class figure).
+
+The AMS thresholds are chosen on the validation split and the AMS reported on
+the test split at those thresholds: the best AMS of the test split itself would
+be an optimistic figure, tuned on the events it is measured on. A threshold only
+ever falls between two distinct scores: events with the same score are selected
+together.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from .outputs import atomic_path
 
-__all__ = ["ams", "ams_curve", "ams_scan", "evaluate_scores", "plot_all", "summary"]
+__all__ = ["ams", "ams_at", "ams_curve", "ams_scan", "ams_thresholds", "evaluate_scores",
+           "learned_nothing", "plot_all", "summary"]
+
+Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # (scores, labels, weights) of one split
+
+#: Scores are "consistent with no separation" when their AUC is within this many standard
+#: deviations of 0.5, the spread of the AUC of scores unrelated to the labels.
+NULL_AUC_SIGMAS = 3.0
 
 
 def ams(s: np.ndarray | float, b: np.ndarray | float, b_reg: float = 10.0) -> np.ndarray:
@@ -29,36 +42,101 @@ def ams(s: np.ndarray | float, b: np.ndarray | float, b_reg: float = 10.0) -> np
     return np.sqrt(np.maximum(2.0 * ((s + b) * np.log1p(s / b) - s), 0.0))
 
 
-def ams_scan(scores: np.ndarray, y: np.ndarray, w: np.ndarray, b_reg: float = 10.0):
-    """AMS when keeping the k highest-scoring events, for every k: (sorted scores, AMS per k)."""
+def ams_scan(scores: np.ndarray, y: np.ndarray, w: np.ndarray, b_reg: float = 10.0
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AMS when selecting the events with ``score >= t``, for every distinct score ``t``:
+    (thresholds from the highest, number of events selected, AMS)."""
     order = np.argsort(-scores, kind="stable")
-    sw = np.where(y[order] == 1, w[order], 0.0).astype(np.float64)
-    bw = np.where(y[order] == 0, w[order], 0.0).astype(np.float64)
-    return scores[order], ams(np.cumsum(sw), np.cumsum(bw), b_reg)
+    ranked = scores[order]
+    sw = np.cumsum(np.where(y[order] == 1, w[order], 0.0), dtype=np.float64)
+    bw = np.cumsum(np.where(y[order] == 0, w[order], 0.0), dtype=np.float64)
+    last = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))  # end of each tie
+    return ranked[last], last + 1, ams(sw[last], bw[last], b_reg)
 
 
 def ams_curve(scores: np.ndarray, y: np.ndarray, w: np.ndarray, class_totals: Mapping[int, float],
-              b_reg: float = 10.0):
-    """:func:`ams_scan` with the test weights of each class scaled to ``class_totals``."""
+              b_reg: float = 10.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`ams_scan` with the weights of each class scaled to ``class_totals``."""
+    return ams_scan(scores, y, _to_totals(y, w, class_totals), b_reg)
+
+
+def ams_at(scores: np.ndarray, y: np.ndarray, w: np.ndarray, class_totals: Mapping[int, float],
+           threshold: float, b_reg: float = 10.0) -> tuple[float, float]:
+    """(AMS, fraction of the events selected) when selecting ``score >= threshold``, with the
+    weights of each class scaled to ``class_totals``."""
+    selected = scores >= threshold
+    norm = _to_totals(y, w, class_totals)
+    value = ams(norm[selected & (y == 1)].sum(), norm[selected & (y == 0)].sum(), b_reg)
+    return float(value), float(selected.mean())
+
+
+def _to_totals(y: np.ndarray, w: np.ndarray, class_totals: Mapping[int, float]) -> np.ndarray:
+    """Weights of one split scaled so that each class sums to its total over the whole data set,
+    as in the challenge, where each leaderboard set was normalised to the totals."""
     norm = np.asarray(w, dtype=np.float64).copy()
     for label in (0, 1):
         in_class = y == label
         norm[in_class] *= class_totals[label] / norm[in_class].sum()
-    return ams_scan(scores, y, norm, b_reg)
+    return norm
+
+
+def learned_nothing(scores: np.ndarray, y: np.ndarray, sigmas: float = NULL_AUC_SIGMAS
+                    ) -> str | None:
+    """Why ``scores`` show no sign of separating the classes ``y``, or None when they do.
+
+    No sign: scores that are not all finite, the same score for every event, or an AUC
+    (one-vs-rest for every class, with more than two) within ``sigmas`` standard
+    deviations of 0.5, the spread the AUC of scores unrelated to the labels has for these
+    numbers of events of each class (Mann-Whitney, with ties). The bound shrinks as the
+    events grow: a weak but real separation on enough events is not flagged.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(y).astype(np.int64)
+    if not len(y):
+        return None
+    if not np.isfinite(scores).all():
+        return f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite"
+    columns = scores.reshape(len(y), -1)
+    if np.all(columns.max(axis=0) == columns.min(axis=0)):
+        return f"every one of the {len(y)} events gets the same score"
+    classes = range(columns.shape[1]) if columns.shape[1] > 2 else [1]
+    found = []
+    for k in classes:
+        positive = y == k
+        if positive.all() or not positive.any():
+            return None  # one class only: nothing to measure
+        column = columns[:, k] if columns.shape[1] > 1 else columns[:, 0]
+        auc, sigma = float(roc_auc_score(positive, column)), _null_auc_sigma(column, positive)
+        if abs(auc - 0.5) > sigmas * sigma:
+            return None
+        found.append(f"{'' if len(classes) == 1 else f'class {k} vs the rest: '}AUC {auc:.4f}"
+                     f" within {sigmas:g} x {sigma:.4f} of 0.5 ({int(positive.sum())} vs "
+                     f"{int((~positive).sum())} events)")
+    return "; ".join(found)
+
+
+def _null_auc_sigma(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Standard deviation of the AUC of scores unrelated to the labels (Mann-Whitney U with
+    the tie correction), for these scores' ties and numbers of events of each class."""
+    n1, n0 = int(positive.sum()), int((~positive).sum())
+    n = n1 + n0
+    _, ties = np.unique(scores, return_counts=True)
+    ties = ties.astype(np.float64)
+    variance = n1 * n0 / 12.0 * ((n + 1) - (ties**3 - ties).sum() / (n * (n - 1)))
+    return math.sqrt(max(variance, 0.0)) / (n1 * n0)
 
 
 def evaluate_scores(scores: np.ndarray, y: np.ndarray, w: np.ndarray, *,
                     class_totals: Mapping[int, float], b_reg: float = 10.0,
-                    top_fraction: float = 0.15, extra: Sequence[str] = ()) -> dict:
+                    top_fraction: float = 0.15, extra: Sequence[str] = (),
+                    validation: Split | None = None) -> dict:
     """Metrics of the scores on the test split, plus the ``extra`` ones named in the config.
 
-    The AMS needs the weights of the test events scaled up to the full data
-    set's totals per class (``class_totals``, label -> sum of weights), as in
-    the challenge, where each leaderboard set was normalised to the totals.
+    The AMS thresholds are chosen on ``validation`` (see :func:`ams_thresholds`). Each
+    split's AMS needs its weights scaled up to the full data set's totals per class
+    (``class_totals``, label -> sum of weights).
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(y).astype(np.int64)
-    w = np.asarray(w, dtype=np.float64)
+    scores, y, w = _arrays(scores, y, w)
     if scores.ndim == 2:
         return _evaluate_multiclass(scores, y, w, extra)
     metrics: dict = {"n_test": len(y), "n_signal": int((y == 1).sum()),
@@ -70,17 +148,44 @@ def evaluate_scores(scores: np.ndarray, y: np.ndarray, w: np.ndarray, *,
         return metrics
     metrics["auc"] = float(roc_auc_score(y, scores))
     metrics["auc_weighted"] = float(roc_auc_score(y, scores, sample_weight=w))
-    sorted_scores, curve = ams_curve(scores, y, w, class_totals, b_reg)
-    best = int(np.argmax(curve))
-    top = max(1, math.ceil(top_fraction * len(y))) - 1
-    metrics["ams"] = {
-        "b_reg": b_reg,
-        "best": {"value": float(curve[best]), "threshold": float(sorted_scores[best]),
-                 "selected_fraction": (best + 1) / len(y)},
-        "top_fraction": {"value": float(curve[top]), "threshold": float(sorted_scores[top]),
-                         "selected_fraction": (top + 1) / len(y)},
-    }
+    metrics["ams"] = ams_thresholds((scores, y, w), validation, class_totals, b_reg, top_fraction)
     return metrics
+
+
+def ams_thresholds(test: Split, validation: Split | None, class_totals: Mapping[int, float],
+                   b_reg: float, top_fraction: float) -> dict:
+    """The AMS at two thresholds chosen on the validation split: the one of the best AMS, and
+    the highest one that selects at least ``top_fraction`` of the events; each with its AMS
+    and selected fraction on the test split (``value``, ``selected_fraction``) and on the
+    split that chose it. Without validation events of both classes, the test split chooses
+    (an optimistic figure), and ``threshold_split`` says so."""
+    choose, split = validation, "validation"
+    if choose is None or len(np.unique(choose[1])) < 2:
+        choose, split = test, "test"
+    chooser = _arrays(*choose)
+    thresholds, selected, curve = ams_curve(*chooser, class_totals, b_reg)
+    n = len(chooser[1])
+    chosen = {"best": int(np.argmax(curve)),
+              "top_fraction": int(np.searchsorted(selected, max(1, math.ceil(top_fraction * n))))}
+    out: dict = {"b_reg": b_reg, "threshold_split": split}
+    if split == "test":
+        out["note"] = ("the validation split lacks events of both classes: the thresholds were "
+                       "chosen on the test split, so its AMS values are optimistic")
+    test = _arrays(*test)
+    for key, i in chosen.items():
+        value, fraction = ams_at(*test, class_totals, float(thresholds[i]), b_reg)
+        out[key] = {"threshold": float(thresholds[i]), "value": value,
+                    "selected_fraction": fraction}
+        if split == "validation":
+            out[key].update({"value_validation": float(curve[i]),
+                             "selected_fraction_validation": float(selected[i] / n)})
+    out["top_fraction"]["fraction"] = top_fraction
+    return out
+
+
+def _arrays(scores, y, w) -> Split:
+    return (np.asarray(scores, dtype=np.float64), np.asarray(y).astype(np.int64),
+            np.asarray(w, dtype=np.float64))
 
 
 def _evaluate_multiclass(scores: np.ndarray, y: np.ndarray, w: np.ndarray,
@@ -135,8 +240,12 @@ def extra_metrics(names: Sequence[str], scores: np.ndarray, y: np.ndarray,
 def plot_all(directory: str | Path, scores: np.ndarray, y: np.ndarray, w: np.ndarray,
              metrics: Mapping, importance: Mapping[str, float] | None = None,
              history: Mapping | None = None, *, class_totals: Mapping[int, float] | None = None,
-             bins: int = 50) -> list[Path]:
-    """Write scores.png, roc.png, ams.png, and importance.png / history.png when given."""
+             bins: int = 50, validation: Split | None = None) -> list[Path]:
+    """Write scores.png, roc.png, ams.png, and importance.png / history.png when given.
+
+    ams.png shows the AMS of the test split (and of ``validation``) against the fraction of
+    events selected, with the thresholds that ``metrics["ams"]`` chose.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,7 +265,7 @@ def plot_all(directory: str | Path, scores: np.ndarray, y: np.ndarray, w: np.nda
     if np.ndim(scores) == 2:
         _plot_multiclass(save, plt, scores, y, w, metrics, bins)
     else:
-        _plot_binary(save, plt, scores, y, w, metrics, class_totals, bins)
+        _plot_binary(save, plt, scores, y, w, metrics, class_totals, bins, validation)
 
     if importance:
         top = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:20][::-1]
@@ -179,7 +288,7 @@ def plot_all(directory: str | Path, scores: np.ndarray, y: np.ndarray, w: np.nda
     return written
 
 
-def _plot_binary(save, plt, scores, y, w, metrics, class_totals, bins) -> None:
+def _plot_binary(save, plt, scores, y, w, metrics, class_totals, bins, validation) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     edges = np.linspace(np.min(scores), np.max(scores), bins + 1)
     for label, name in ((0, "background"), (1, "signal")):
@@ -201,17 +310,25 @@ def _plot_binary(save, plt, scores, y, w, metrics, class_totals, bins) -> None:
     save(fig, "roc.png")
 
     if "ams" in metrics and class_totals is not None:
-        _, curve = ams_curve(scores, y, w, class_totals, metrics["ams"]["b_reg"])
+        a = metrics["ams"]
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(np.arange(1, len(curve) + 1) / len(curve), curve, lw=1.2)
+        curves = [("test", (scores, y, w), "C0", "-")]
+        if a["threshold_split"] == "validation" and validation is not None:
+            curves.append(("validation", validation, "grey", "-."))
+        for name, split, colour, style in curves:
+            _, selected, curve = ams_curve(*_arrays(*split), class_totals, a["b_reg"])
+            ax.plot(selected / len(split[1]), curve, c=colour, ls=style, lw=1.2, label=name)
+        top = f"top {a['top_fraction']['fraction']:.0%}"
         for key, style, colour, label in (("best", "--", "C1", "best"),
-                                          ("top_fraction", ":", "C2", "top")):
-            point = metrics["ams"][key]
+                                          ("top_fraction", ":", "C2", top)):
+            point = a[key]
             ax.axvline(point["selected_fraction"], ls=style, c=colour,
-                       label=f"{label} {point['selected_fraction']:.1%}: AMS = {point['value']:.3f}")
-        ax.set(xlabel="fraction of test events selected", ylabel="AMS", xlim=(0, 0.6),
-               title=f"AMS (b_reg = {metrics['ams']['b_reg']:g})")
-        ax.legend()
+                       label=f"{label} on {a['threshold_split']}: score >= "
+                             f"{point['threshold']:.3g}, test AMS = {point['value']:.3f}")
+        ax.set(xlabel="fraction of events selected", ylabel="AMS", xlim=(0, 0.6),
+               title=f"AMS (b_reg = {a['b_reg']:g}), thresholds from the {a['threshold_split']}"
+                     " split")
+        ax.legend(fontsize="small")
         save(fig, "ams.png")
 
 
@@ -260,12 +377,16 @@ def summary(metrics: Mapping, run_dir: str | Path) -> str:
                      + ", ".join(f"{a:.3f}" for a in metrics["auc_per_class"]) + ")")
     elif "auc" in metrics:
         a = metrics["ams"]
+        best, top = a["best"], a["top_fraction"]
         lines += [
             f"ROC AUC: {metrics['auc']:.4f} (weighted {metrics['auc_weighted']:.4f})",
-            f"AMS: {a['best']['value']:.3f} at the best threshold ({a['best']['selected_fraction']:.1%}"
-            f" selected), {a['top_fraction']['value']:.3f} at the top "
-            f"{a['top_fraction']['selected_fraction']:.1%}",
+            f"AMS on test, thresholds from {a['threshold_split']}: {best['value']:.3f} at the best"
+            f" (score >= {best['threshold']:.4g}, {best['selected_fraction']:.1%} selected),",
+            f"  {top['value']:.3f} at the top {top['fraction']:.0%} (score >= "
+            f"{top['threshold']:.4g}, {top['selected_fraction']:.1%} selected)",
         ]
+        if "note" in a:
+            lines.append(f"Note: {a['note']}")
     else:
         lines.append(metrics.get("warning", ""))
     if metrics.get("best_iteration") is not None:

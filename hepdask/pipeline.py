@@ -69,6 +69,7 @@ class Pipeline:
         self._specs: Specs | None = None
         self._features: Features | None = None
         self._model = None  # XGBoostModel, KerasModel or SklearnModel
+        self._scores: dict[str, tuple] = {}  # split -> the model's (scores, labels, weights)
         self._reads: dict[str, list] | None = None  # partitions held for the specs and features
         # written to <run>/config.toml: the config file, or the TOML of a converted workflow
         self.config_text: str | None = Path(config.source).read_text() if config.source else None
@@ -215,6 +216,10 @@ class Pipeline:
                     self._model = train_sklearn(client, features, self.specs(), train.sklearn,
                                                 train.stream, on_epoch=step)
             write_json(self.run_dir / "history.json", self._model.history)
+        log.info("Training weights: the event weights times %s", ", ".join(
+            f"{factor:.4g} (class {label})" for label, factor in self._model.weight_factors.items()))
+        self._scores = {}
+        self._check_learned(client)
         self._model.save(self.run_dir)
         config = self.config
         classes = {c: [s.name for s in config.samples if s.label == c]
@@ -229,25 +234,53 @@ class Pipeline:
         (partition by partition), from the trained model: what :meth:`evaluate` measures."""
         client = self._client(client)
         model = self._model or self.train(client=client)
-        return model.scores(client, self.features(client=client), split)
+        if split not in self._scores:
+            self._scores[split] = model.scores(client, self.features(client=client), split)
+        return self._scores[split]
+
+    def _check_learned(self, client) -> None:
+        """Stop, before the model is saved, when its validation scores (the test scores when
+        the validation split is empty) show no sign of separating the classes."""
+        split = "validation" if len(self.features().validation) else "test"
+        scores, y, _ = self.scores(split, client=client)
+        reason = ev.learned_nothing(scores, y)
+        if reason is None:
+            return
+        train = self.config.train
+        raise HepdaskError(
+            f"The {train.engine} model learned nothing: on the {split} split, {reason}, so its "
+            "scores do not separate the classes; no model was saved. Likely causes: event "
+            "weights that are zero or tiny for a class (check the samples' weight expressions; "
+            "hepdask scales the training weights to average 1, with the factors in run.log), "
+            "XGBoost's min_child_weight or another regularisation too large for the events of "
+            "a leaf (train.xgboost.params), a label that is constant or unrelated to the "
+            "features (check the samples' label keys and the selection), features that are "
+            "all missing (see the missing counts in specs.json), or too few events "
+            f"({len(self.features().train)} in the training split)."
+        )
 
     def evaluate(self, *, client=None) -> dict:
         """Metrics and plots on the test split; writes metrics.json (last, so it marks a complete run)."""
         client = self._client(client)
         model = self._model or self.train(client=client)
         with self._phase("evaluate", client):
+            validation = self.scores("validation", client=client)
             scores, y, w = self.scores("test", client=client)
             totals = self._class_totals()
             cfg = self.config.evaluate
             metrics = ev.evaluate_scores(scores, y, w, class_totals=totals, b_reg=cfg.ams_breg,
-                                         top_fraction=cfg.top_fraction, extra=cfg.metrics)
+                                         top_fraction=cfg.top_fraction, extra=cfg.metrics,
+                                         validation=validation)
             ev.plot_all(self.run_dir, scores, y, w, metrics, model.importance(), model.history,
-                        class_totals=totals, bins=cfg.bins)
+                        class_totals=totals, bins=cfg.bins, validation=validation)
         metrics.update({
             "engine": self.config.train.engine,
             "n_train": len(self.features().train),
             "n_validation": len(self.features().validation),
             "best_iteration": model.best_iteration,
+            "model": model.bundle_info(),
+            "training_weights": {"class_factors": {str(label): factor for label, factor
+                                                   in model.weight_factors.items()}},
             "features": len(model.feature_names),
             "data": self.data_source,
             "selection": {name: {"read": s.read, "selected": s.events}

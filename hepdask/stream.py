@@ -24,6 +24,7 @@ from .config import StreamConfig
 from .features import Features, Layout, SplitArrays
 from .progress import iterate
 from .specs import Specs
+from .weights import class_factors
 
 __all__ = ["BatchStream", "StreamedModel", "Transform", "in_order", "make_transform",
            "predict_split"]
@@ -70,12 +71,8 @@ def make_transform(layout: Layout, specs: Specs, config: StreamConfig) -> Transf
     events = {c: spec.events for c, spec in specs.classes.items()}
     weights = {c: spec.weight_sum if config.use_weights else spec.events
                for c, spec in specs.classes.items()}
-    total = sum(events.values())
-    if config.balance_classes:
-        scale = {c: total / (len(events) * weights[c]) if weights[c] > 0 else 1.0 for c in events}
-    else:
-        factor = total / sum(weights.values()) if sum(weights.values()) > 0 else 1.0
-        scale = dict.fromkeys(events, factor)
+    scale = class_factors(weights, events, balance=config.balance_classes,
+                          key="train.stream.balance_classes")
     return Transform(indicators, tuple(sorted(scale.items())), config.use_weights)
 
 
@@ -288,6 +285,11 @@ class StreamedModel:
     def score_matrix(self, X: np.ndarray) -> np.ndarray:
         """Scores of the rows of a feature matrix (as :func:`partition_matrix` makes it)."""
         return self.predict(self.transform.inputs(X))
+
+    @property
+    def weight_factors(self) -> dict[int, float]:
+        """The factor per class that the training weights were multiplied by."""
+        return dict(self.transform.class_scale)
 
     def bundle_info(self) -> dict:
         """What loading the model back needs besides the model file (see :mod:`hepdask.bundle`)."""

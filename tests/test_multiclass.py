@@ -53,6 +53,11 @@ def test_three_classes_from_a_label_expression(toy_data, tmp_path, client, engin
     assert np.allclose(total, 1.0, atol=1e-4)
     if engine == "xgboost":  # 3 epochs leave the network undecided
         assert friend["score_0"].mean() > 0.5
+        # what was really trained is recorded, beside the config's default binary objective
+        for recorded in (metrics["model"], bundle.info["model"]):
+            assert recorded["params"]["objective"] == "multi:softprob"
+            assert "binary:logistic" in recorded["notes"][0]
+        assert config.train.xgboost.params["objective"] == "binary:logistic"
 
 
 def test_classes_must_be_numbered_without_gaps(toy_data, tmp_path, client):

@@ -26,6 +26,7 @@ from ..features import Features
 from ..outputs import atomic_path
 from ..progress import compute
 from ..usercode import call_function, load_function
+from ..weights import class_factors
 
 __all__ = ["XGBoostModel", "train_xgboost"]
 
@@ -38,9 +39,11 @@ class XGBoostModel:
 
     booster: xgboost.Booster
     feature_names: tuple[str, ...]
-    params: dict
+    params: dict  # as the booster was trained, e.g. multi:softprob for three classes
     history: dict = field(default_factory=dict)  # {"train": {"auc": [...]}, "validation": ...}
     best_iteration: int | None = None
+    weight_factors: dict[int, float] = field(default_factory=dict)  # label -> training factor
+    notes: list[str] = field(default_factory=list)  # how params differ from the config's
 
     filename = "model.ubj"
 
@@ -67,14 +70,16 @@ class XGBoostModel:
         return _signal(scores)
 
     def bundle_info(self) -> dict:
-        """What loading the model back needs besides the model file (see :mod:`hepdask.bundle`)."""
-        return {"best_iteration": self.best_iteration}
+        """What loading the model back needs besides the model file (see :mod:`hepdask.bundle`),
+        and the parameters it was really trained with."""
+        return {"best_iteration": self.best_iteration, "params": self.params, "notes": self.notes}
 
     @classmethod
     def load(cls, directory: str | Path, info: dict, feature_names: tuple[str, ...]
              ) -> XGBoostModel:
         booster = xgboost.Booster(model_file=str(Path(directory) / cls.filename))
-        return cls(booster, feature_names, {}, best_iteration=info["best_iteration"])
+        return cls(booster, feature_names, info.get("params", {}),
+                   best_iteration=info["best_iteration"], notes=info.get("notes", []))
 
     def _iteration_range(self) -> tuple[int, int]:
         return (0, self.best_iteration + 1) if self.best_iteration is not None else (0, 0)
@@ -97,7 +102,12 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
     """Train on ``features.train``, early-stopping on ``features.validation`` when it has events.
 
     With more than two classes the objective becomes ``multi:softprob`` and the scores have
-    one column per class. ``on_round(round, rounds, metrics)`` is called after every boosting
+    one column per class. The train and validation weights are the event weights times one
+    factor per class (see :mod:`hepdask.weights`): they average 1, and with
+    ``scale_pos_weight = "auto"`` every class carries the same total weight, while a number
+    multiplies the signal's weights relative to the background's (in the factors, not as
+    XGBoost's own ``scale_pos_weight``, so that the validation metrics weigh the events as
+    training does). ``on_round(round, rounds, metrics)`` is called after every boosting
     round, on the worker that trains rank 0 (so it must pickle, like
     :meth:`hepdask.progress.Channel.step`).
     """
@@ -106,22 +116,11 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
             "The xgboost engine needs a distributed Client: pass client=... or create one "
             "(e.g. with hepdask.cluster.connect) before training."
         )
-    params, num_boost_round = xgboost_params(config, n_classes)
+    params, num_boost_round, notes = xgboost_params(config, n_classes)
     train, valid = features.train, features.validation
-    weights = {"train": train.w if config.use_weights else None,
-               "validation": valid.w if config.use_weights else None}
-    if n_classes > 2:
-        if config.scale_pos_weight == "auto":  # every class carries the same total weight
-            factors = _class_factors(client, train, config.use_weights, n_classes)
-            weights = {name: _scaled(arrays, factors, config.use_weights)
-                       for name, arrays in (("train", train), ("validation", valid))}
-        else:
-            log.info("train.xgboost.scale_pos_weight is for two classes: not used for %d",
-                     n_classes)
-    elif config.scale_pos_weight == "auto":
-        params["scale_pos_weight"] = _auto_scale_pos_weight(client, train, config.use_weights)
-    else:
-        params["scale_pos_weight"] = float(config.scale_pos_weight)
+    factors = _class_factors(client, train, config, n_classes)
+    weights = {name: _scaled(arrays, factors, config.use_weights)
+               for name, arrays in (("train", train), ("validation", valid))}
     names = [_xgb_name(n) for n in features.names]
     dtrain = dxgb.DaskQuantileDMatrix(
         client, train.X, train.y, weight=weights["train"],
@@ -155,7 +154,7 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
     best = booster.best_iteration if early else None
     history = {name: {m: [float(v) for v in vals] for m, vals in metrics.items()}
                for name, metrics in output["history"].items()}
-    return XGBoostModel(booster, features.names, params, history, best)
+    return XGBoostModel(booster, features.names, params, history, best, factors, notes)
 
 
 class _RoundCallback(xgboost.callback.TrainingCallback):
@@ -182,10 +181,15 @@ def _collective_config(client) -> xgboost.collective.Config | None:
     return xgboost.collective.Config(tracker_host_ip=distributed.comm.get_address_host(own))
 
 
-def xgboost_params(config: XGBoostConfig, n_classes: int) -> tuple[dict, int]:
-    """The booster parameters and number of rounds: from ``config``, or from the estimator that
-    ``config.model`` returns, adapted to the number of classes."""
+def xgboost_params(config: XGBoostConfig, n_classes: int) -> tuple[dict, int, list[str]]:
+    """The booster parameters, number of rounds and notes on what was adapted: from ``config``,
+    or from the estimator that ``config.model`` returns, adapted to the number of classes.
+
+    A binary objective that the config sets itself is refused with more than two classes;
+    the default one (or an estimator's, which cannot tell) becomes ``multi:softprob``.
+    """
     params, rounds = dict(config.params), config.num_boost_round
+    explicit = "objective" in params and params != XGBoostConfig().params
     if config.model is not None:
         build = load_function(config.model, "train.xgboost.model")
         estimator = call_function(build, config.model, "train.xgboost.model",
@@ -198,54 +202,57 @@ def xgboost_params(config: XGBoostConfig, n_classes: int) -> tuple[dict, int]:
         params = {k: v for k, v in estimator.get_xgb_params().items() if v is not None}
         params.pop("n_jobs", None)
         rounds = estimator.n_estimators or rounds
+        explicit = False  # an XGBClassifier always says binary:logistic unless told otherwise
     params.setdefault("tree_method", "hist")
+    params.pop("scale_pos_weight", None)  # train.xgboost.scale_pos_weight sets the weights
     objective = params.get("objective", "binary:logistic")
+    notes = []
     if n_classes > 2:
+        if objective.startswith("binary:") and explicit:
+            raise HepdaskError(
+                f"train.xgboost.params.objective is {objective!r}, a two-class objective, but "
+                f"the labels give {n_classes} classes (0 to {n_classes - 1}). Set objective = "
+                "\"multi:softprob\" (one probability per class), or leave objective out to let "
+                "hepdask choose it, or label the events 0 and 1 only."
+            )
         if objective.startswith("binary:"):
             params["objective"] = "multi:softprob"
+            notes.append(f"objective multi:softprob instead of {objective} (not set in the "
+                         f"config): the labels give {n_classes} classes")
+            log.info("XGBoost objective: %s", notes[-1])
         params["num_class"] = n_classes
         metrics = params.get("eval_metric", [])
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
         params["eval_metric"] = [_MULTI_METRICS.get(m, m) for m in metrics]
     elif objective.startswith("multi:"):
         params.setdefault("num_class", 2)
-    return params, rounds
+    return params, rounds, notes
 
 
 _MULTI_METRICS = {"logloss": "mlogloss", "error": "merror"}
 
 
-def _class_weight_sums(client, train, use_weights: bool, n_classes: int) -> np.ndarray:
-    """Total weight of each class in the training split, all positive (else a clear error)."""
-    w = train.w if use_weights else da.ones_like(train.y)
-    sums = np.array(dask.compute(*[(w * (train.y == k)).sum(dtype="f8") for k in range(n_classes)],
-                                 scheduler=client))
-    if np.any(sums <= 0):
-        raise HepdaskError(
-            f"train.xgboost.scale_pos_weight = \"auto\" balances the classes, but the training "
-            f"split has no positive weight in the classes {np.flatnonzero(sums <= 0).tolist()}: "
-            "check the labels and weights, or set it to a number."
-        )
-    return sums
+def _class_factors(client, train, config: XGBoostConfig, n_classes: int) -> dict[int, float]:
+    """The weight factor of each class, from the weights and events of the training split."""
+    w = train.w if config.use_weights else da.ones_like(train.y)
+    in_class = [train.y == k for k in range(n_classes)]
+    sums = dask.compute(*[(w * c).sum(dtype="f8") for c in in_class],
+                        *[c.sum() for c in in_class], scheduler=client)
+    balance = config.scale_pos_weight == "auto"
+    if n_classes > 2 and not balance:
+        log.info("train.xgboost.scale_pos_weight is for two classes: not used for %d", n_classes)
+    return class_factors(dict(enumerate(sums[:n_classes])), dict(enumerate(sums[n_classes:])),
+                         balance=balance, key="train.xgboost.scale_pos_weight = \"auto\"",
+                         signal_scale=1.0 if balance or n_classes > 2
+                         else float(config.scale_pos_weight))
 
 
-def _class_factors(client, train, use_weights: bool, n_classes: int) -> np.ndarray:
-    """Per-class weight factors that give every class the same total weight in training."""
-    sums = _class_weight_sums(client, train, use_weights, n_classes)
-    return sums.sum() / (n_classes * sums)
-
-
-def _scaled(arrays, factors: np.ndarray, use_weights: bool):
+def _scaled(arrays, factors: dict[int, float], use_weights: bool):
+    """The weights of one split times the factor of each event's class."""
     w = arrays.w if use_weights else da.ones_like(arrays.y)
-    scale = arrays.y.map_blocks(lambda y: factors[y.astype(np.int64)].astype(np.float32),
-                                dtype=np.float32)
+    table = np.array([factors[k] for k in range(len(factors))], dtype=np.float32)
+    scale = arrays.y.map_blocks(lambda y: table[y.astype(np.int64)], dtype=np.float32)
     return w * scale
-
-
-def _auto_scale_pos_weight(client, train, use_weights: bool) -> float:
-    """Sum of background weights over sum of signal weights in the training split."""
-    background, signal = _class_weight_sums(client, train, use_weights, 2)
-    return float(background / signal)
 
 
 def _signal(scores: np.ndarray) -> np.ndarray:
