@@ -345,8 +345,8 @@ class Pipeline:
     def where(self) -> str:
         """Where this run's files are, in a sentence: for the messages of a run cut short."""
         if not self._staged:
-            return (f"The run in {self.run_dir} is complete." if self._committed
-                    else f"Nothing was written to {self.run_dir}.")
+            return (f"the run in {self.run_dir} is complete." if self._committed
+                    else f"nothing was written to {self.run_dir}.")
         kept = (f"{self.run_dir} is as it was" if self.run_dir.exists()
                 else f"nothing was written to {self.run_dir}")
         note = f"{kept}; this run's files, with its run.log, are in {self.staging_dir}"
@@ -357,8 +357,11 @@ class Pipeline:
     def _commit(self, metrics: dict) -> None:
         """The run is complete: log its summary, then swap it into the run directory."""
         self._log.write(logging.INFO, ev.summary(metrics, self.run_dir))
-        commit(self.staging_dir, self.run_dir)
-        self._staged, self._committed = False, True
+        try:
+            commit(self.staging_dir, self.run_dir)
+        finally:  # also when interrupted while the previous run was being removed
+            if not self.staging_dir.exists():
+                self._staged, self._committed = False, True
 
     def _client(self, client, *, required: bool = True):
         client = client or self.client

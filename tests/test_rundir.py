@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -94,6 +93,9 @@ def test_a_late_error_leaves_the_previous_run_unchanged(previous, tmp_path, toy_
 
     # The next run starts clean, says so, and replaces the run directory as a whole.
     monkeypatch.undo()
+    stale = staging(run_dir) / "checkpoints" / "state.json"  # of a Keras run, not this one's
+    stale.parent.mkdir()
+    stale.write_text("{}")
     pipe = pipeline(tmp_path, toy_data, client, SECOND)
     metrics = pipe.run()
     assert not staging(run_dir).exists()
@@ -124,16 +126,29 @@ def test_a_full_disk_is_one_paragraph_and_leaves_the_previous_run_unchanged(
     assert digest(run_dir) == before
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 16 MiB tmpfs (needs root and a sandbox that allows mounts)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+def tmpfs(path: Path, options: str) -> Path:
+    """A tmpfs mounted at ``path`` (needs root and a sandbox that allows mounts), or a skip."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                       capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    return path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    yield tmpfs(tmp_path / "disk", "size=16m")
+    subprocess.run(["umount", "-l", str(tmp_path / "disk")], check=True)
+
+
+def test_a_read_only_output_is_refused_before_any_work(tmp_path, toy_data):
+    read_only = tmpfs(tmp_path / "ro", "ro,size=1m")
+    try:
+        with pytest.raises(HepdaskError, match="Read-only file system") as err:
+            pipeline(tmp_path, toy_data, None, output=read_only / "toy").dataset()
+        assert "--output" in str(err.value) and "\n" not in str(err.value)
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=True)
 
 
 def test_a_really_full_disk(small_disk, finished, tmp_path, toy_data, client):
