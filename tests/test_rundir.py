@@ -217,7 +217,7 @@ def test_run_log_holds_what_the_terminal_showed_also_with_quiet(tmp_path):
             "train.xgboost.num_boost_round=10", "cluster.n_workers=1",
             'cluster.dashboard_address="127.0.0.1:0"']
     args = [a for s in sets for a in ("--set", s)]
-    for quiet in ([], ["-q"]):
+    for quiet in ([], ["-q", "--report"]):
         result = hepdask(tmp_path, "run", str(HIGGS), *args, *quiet)
         assert result.returncode == 0, result.stderr[-3000:]
         log = (tmp_path / "runs" / "higgs" / "run.log").read_text()
@@ -225,6 +225,7 @@ def test_run_log_holds_what_the_terminal_showed_also_with_quiet(tmp_path):
             assert shown in log, (quiet, shown, log)
         assert "ROC AUC" in result.stdout
         assert ("Local cluster" in result.stderr) is not bool(quiet)
+    assert (tmp_path / "runs" / "higgs" / "dask-report.html").is_file()
 
 
 def test_step_by_step_commits_with_evaluate(previous, tmp_path, toy_data, client):
