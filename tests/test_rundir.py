@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -256,3 +257,16 @@ def test_a_swap_cut_short_is_repaired_when_the_run_is_loaded(previous):
     Bundle.load(run_dir)
     assert digest(run_dir) == before and not backup.exists()
 
+
+
+def test_a_keras_rerun_without_resume_starts_clean_and_says_so(tmp_path, toy_data, client):
+    pytest.importorskip("keras")
+    pipe = pipeline(tmp_path, toy_data, client, ["train.engine='keras'", "train.keras.epochs=1",
+                                                 "train.stream.batch_size=512"])
+    stale = pipe.staging_dir / "checkpoints" / "state.json"  # an interrupted run's
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"epoch": 5}')
+    pipe.run()
+    log = (pipe.run_dir / "run.log").read_text()
+    assert log.count("Starting from the first epoch") == 1
+    assert json.loads((pipe.run_dir / "checkpoints" / "state.json").read_text())["epoch"] == 0
