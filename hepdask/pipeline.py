@@ -131,8 +131,6 @@ class Pipeline:
             client = self._client(client, required=False)
             with self.recording(), self._phase("specs", client):
                 path = self.staging_dir / "specs.json"
-                if not reuse:
-                    path.unlink(missing_ok=True)
                 self._specs = source = None
                 for candidate in (path, self.run_dir / "specs.json") if reuse else ():
                     self._specs = cached_specs(dataset, candidate)
@@ -140,13 +138,13 @@ class Pipeline:
                         source = candidate
                         break
                 self.specs_reused = source is not None
-                if source is not None and source != path:
-                    write_text(path, source.read_text())
-                elif source is None:
+                if source is None:
                     if keep_reads and client is not None:
                         self._reads = dataset.read(client)
                     self._specs = compute_specs(dataset, client=client, events=self._reads)
                     self._specs.save(path)
+                elif source != path:
+                    write_text(path, source.read_text())  # the run directory's, unchanged
                 log.info("Specs %s: %s", "reused" if source else "computed", source or path)
                 for error in self._specs.read_errors:
                     log.warning("Skipped %s", error.describe())
