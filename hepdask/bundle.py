@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import HepdaskError
 from .features import Layout, partition_matrix
-from .outputs import write_json
+from .outputs import recover, write_json
 from .preprocess import Preprocess, describe_tree, missing_branch
 
 __all__ = ["BUNDLE_FORMAT", "Bundle", "records", "write_bundle"]
@@ -92,6 +92,7 @@ class Bundle:
     def load(cls, run_dir: str | Path, *, name: str | None = None) -> Bundle:
         """The bundle in ``run_dir`` (a finished training run); ``name`` replaces the run's."""
         run_dir = Path(run_dir)
+        recover(run_dir)  # a run that died while replacing this directory
         info = _read_json(run_dir, BUNDLE)
         if info.get("format") != BUNDLE_FORMAT:
             raise HepdaskError(

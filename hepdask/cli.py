@@ -8,11 +8,10 @@ import contextlib
 import faulthandler
 import json
 import logging
-import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .config import CLUSTER_KINDS
@@ -29,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.quiet)
     # A batch system's kill (SIGTERM) unwinds like Ctrl-C: clusters hepdask started are shut
-    # down and no output is left half-written.
+    # down, no output is left half-written and a run leaves the previous run directory as it was.
     # `kill -USR1 PID` prints where every thread of a run that seems stuck is.
     with contextlib.suppress(ValueError):  # not in the main thread
         signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -39,9 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HepdaskError as err:
         print(f"hepdask: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("hepdask: interrupted; every file already in the run directory is complete.",
-              file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # a run says where its files are (Pipeline.where); other commands write each file whole
+        where = str(err) or "every output file already written is complete."
+        print(f"hepdask: interrupted; {where}", file=sys.stderr)
         return 130
 
 
@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="get a cluster from the dask-gateway at URL "
                                   "(cluster.kind=gateway)")
         p.add_argument("-q", "--quiet", action="store_true",
-                       help="only warnings and errors, no progress bars")
+                       help="only warnings and errors on the terminal, no progress bars "
+                            "(run.log still has everything)")
 
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -157,10 +158,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(quiet: bool) -> None:
+    """The terminal shows INFO (WARNING with -q); the logger passes INFO on, for run.log."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("hepdask: %(message)s"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
     log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.INFO)
     log.propagate = False
     # Worker shutdown chatter is not for physicists; real failures still raise.
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker"):
@@ -244,39 +247,31 @@ def _convert(args) -> int:
 
 
 def _run(args) -> int:
+    """The whole run in one :meth:`Pipeline.recording`: run.log gets every line from the
+    config's notes to the summary or the error, and the output is checked writable before the
+    data are prepared and the cluster starts."""
+    from logging.handlers import BufferingHandler
+
     from .cluster import connect
     from .evaluate import summary
 
-    pipe = _pipeline(args)
-    pipe.prepare_data()
-    pipe.dataset()
-    if args.recompute_specs:
-        (pipe.run_dir / "specs.json").unlink(missing_ok=True)
-    with connect(pipe.config.cluster) as client:
-        pipe.client = client
-        with _performance_report(pipe.run_dir / "dask-report.html" if args.report else None):
-            metrics = pipe.run(resume=args.resume)
+    early = BufferingHandler(capacity=10_000)  # the notes of a converted workflow
+    log.addHandler(early)
+    try:
+        pipe = _pipeline(args)
+    finally:
+        log.removeHandler(early)
+    with pipe.recording() as run_log:
+        for record in early.buffer:
+            run_log.handle(record)
+        pipe.prepare_data()
+        pipe.dataset()
+        with connect(pipe.config.cluster) as client:
+            pipe.client = client
+            metrics = pipe.run(resume=args.resume, reuse_specs=not args.recompute_specs,
+                               report=args.report)
     print(summary(metrics, pipe.run_dir))
     return 0
-
-
-@contextlib.contextmanager
-def _performance_report(path: Path | None) -> Iterator[None]:
-    """Dask's performance report of the block, written (whole) also when the run fails."""
-    if path is None:
-        yield
-        return
-    from distributed import performance_report
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        with performance_report(filename=str(tmp)):
-            yield
-    finally:
-        if tmp.exists():
-            os.replace(tmp, path)
-            log.info("Dask performance report: %s", path)
 
 
 def _specs(args) -> int:

@@ -10,6 +10,10 @@ The CLI is a thin layer over :class:`Pipeline`, so a notebook can do the same::
     print(pipe.specs().table())
     pipe.train()
     pipe.evaluate()
+
+Every step writes into the run's staging directory (:attr:`Pipeline.staging_dir`, beside the run
+directory), and :meth:`Pipeline.evaluate` (the last step, also of :meth:`Pipeline.run`) swaps it
+in as a whole: the run directory holds a complete run, the previous one until then.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,7 +34,7 @@ from .config import Config, load_config
 from .dataset import Dataset, open_dataset
 from .errors import HepdaskError
 from .features import Features, build_features, make_layout
-from .outputs import write_json, write_text
+from .outputs import commit, open_staging, staging_path, write_json, write_text, writing
 from .progress import Progress
 from .specs import Specs, cached_specs, compute_specs
 from .train import train_xgboost
@@ -45,7 +52,8 @@ class Pipeline:
     config
         The validated configuration (see :func:`hepdask.config.load_config`).
     output
-        The run directory; ``<config.output>/<config.name>`` by default.
+        The run directory; ``<config.output>/<config.name>`` by default. The steps build the run
+        in :attr:`staging_dir` and :meth:`evaluate` replaces the run directory with it.
     client
         A :class:`distributed.Client`; the current default client when omitted.
     progress
@@ -71,6 +79,10 @@ class Pipeline:
         self._model = None  # XGBoostModel, KerasModel or SklearnModel
         self._scores: dict[str, tuple] = {}  # split -> the model's (scores, labels, weights)
         self._reads: dict[str, list] | None = None  # partitions held for the specs and features
+        self._staged = False  # the staging directory is open for this pipeline's run
+        self._committed = False  # this pipeline has swapped a run into run_dir
+        self._log: _RunLog | None = None  # run.log while a step writes
+        self._depth = 0  # nesting of recording()
         # written to <run>/config.toml: the config file, or the TOML of a converted workflow
         self.config_text: str | None = Path(config.source).read_text() if config.source else None
 
@@ -92,7 +104,7 @@ class Pipeline:
             return None
         from . import higgsml
 
-        with self._timed("prepare"):
+        with self.recording(), self._timed("prepare"):
             self.prepared = higgsml.prepare(
                 prepare.directory, csv=prepare.csv, download=prepare.download,
                 synthetic_events=prepare.synthetic_events, seed=prepare.seed,
@@ -103,12 +115,13 @@ class Pipeline:
     def dataset(self) -> Dataset:
         """Files, trees and feature branches of every sample, checked against each other."""
         if self._dataset is None:
-            if not self._prepare_checked:
-                self.prepare_data()
-            with self._timed("dataset"):
-                dataset = open_dataset(self.config)
-                self.data_source = self._describe_data(dataset)
-                self._dataset = dataset
+            with self.recording():  # checks that the run can be written, before the data are read
+                if not self._prepare_checked:
+                    self.prepare_data()
+                with self._timed("dataset"):
+                    dataset = open_dataset(self.config)
+                    self.data_source = self._describe_data(dataset)
+                    self._dataset = dataset
         return self._dataset
 
     def _describe_data(self, dataset: Dataset) -> dict:
@@ -146,7 +159,8 @@ class Pipeline:
         return record
 
     def specs(self, *, client=None, reuse: bool = True, keep_reads: bool = False) -> Specs:
-        """Per-branch statistics, from ``specs.json`` in the run directory when still valid.
+        """Per-branch statistics, from ``specs.json`` of the staging or the run directory when
+        still valid for the data (``reuse``), else computed; saved in the staging directory.
 
         With ``keep_reads`` the partitions read to compute them stay on the workers for
         :meth:`features`: one read of the files instead of two, when the features are persisted
@@ -154,21 +168,26 @@ class Pipeline:
         """
         if self._specs is None or not reuse:
             dataset = self.dataset()
-            path = self.run_dir / "specs.json"
-            if not reuse and path.exists():
-                path.unlink()
             client = self._client(client, required=False)
-            with self._phase("specs", client):
-                self._specs = cached_specs(dataset, path)
-                self.specs_reused = self._specs is not None
-                if not self.specs_reused:
+            with self.recording(), self._phase("specs", client):
+                path = self.staging_dir / "specs.json"
+                self._specs = source = None
+                for candidate in (path, self.run_dir / "specs.json") if reuse else ():
+                    self._specs = cached_specs(dataset, candidate)
+                    if self._specs is not None:
+                        source = candidate
+                        break
+                self.specs_reused = source is not None
+                if source is None:
                     if keep_reads and client is not None:
                         self._reads = dataset.read(client)
                     self._specs = compute_specs(dataset, client=client, events=self._reads)
                     self._specs.save(path)
-            log.info("Specs %s: %s", "reused" if self.specs_reused else "computed", path)
-            for error in self._specs.read_errors:
-                log.warning("Skipped %s", error.describe())
+                elif source != path:
+                    write_text(path, source.read_text())  # the run directory's, unchanged
+                log.info("Specs %s: %s", "reused" if source else "computed", source or path)
+                for error in self._specs.read_errors:
+                    log.warning("Skipped %s", error.describe())
         return self._specs
 
     def features(self, *, client=None, keep_reads: bool = False) -> Features:
@@ -184,14 +203,21 @@ class Pipeline:
         return self._features
 
     def train(self, *, client=None, resume: bool = False):
-        """Fit the configured engine and save the model in the run directory.
+        """Fit the configured engine and save the model in the staging directory.
 
         ``xgboost`` persists the features on the workers and trains there; ``keras`` and
         ``sklearn`` stream them to this process, so the data never need to fit in memory.
-        ``resume`` continues a Keras run from its last checkpoint.
+        ``resume`` continues a Keras run from the last checkpoint of the unfinished run in the
+        staging directory.
         """
-        client = self._client(client)
+        with self.recording():
+            return self._train(self._client(client), resume)
+
+    def _train(self, client, resume: bool):
         engine = self.config.train.engine
+        staging = self.staging_dir
+        if engine != "keras":  # the checkpoints of an unfinished Keras run are not this run's
+            shutil.rmtree(staging / "checkpoints", ignore_errors=True)
         if engine == "xgboost":
             features = self.features(client=client, keep_reads=True)
             with self._phase("features", client):
@@ -208,23 +234,23 @@ class Pipeline:
                     from .train.keras import train_keras
 
                     self._model = train_keras(client, features, self.specs(), train.keras,
-                                              train.stream, self.run_dir, resume=resume,
+                                              train.stream, staging, resume=resume,
                                               on_epoch=step)
                 else:
                     from .train.sklearn import train_sklearn
 
                     self._model = train_sklearn(client, features, self.specs(), train.sklearn,
                                                 train.stream, on_epoch=step)
-            write_json(self.run_dir / "history.json", self._model.history)
+            write_json(staging / "history.json", self._model.history)
         log.info("Training weights: the event weights times %s", ", ".join(
             f"{factor:.4g} (class {label})" for label, factor in self._model.weight_factors.items()))
         self._scores = {}
         self._check_learned(client)
-        self._model.save(self.run_dir)
+        self._model.save(staging)
         config = self.config
         classes = {c: [s.name for s in config.samples if s.label == c]
                    for c in sorted(self.specs().classes)}
-        write_bundle(self.run_dir, name=config.name, engine=engine, model=self._model,
+        write_bundle(staging, name=config.name, engine=engine, model=self._model,
                      layout=features.layout, preprocess=self.dataset().preprocess,
                      classes=classes, tree=config.data.tree, step_size=config.data.step_size)
         return self._model
@@ -260,8 +286,17 @@ class Pipeline:
         )
 
     def evaluate(self, *, client=None) -> dict:
-        """Metrics and plots on the test split; writes metrics.json (last, so it marks a complete run)."""
-        client = self._client(client)
+        """Metrics and plots on the test split, and the run is complete: metrics.json is written
+        last and the staging directory replaces the run directory (the previous run is removed).
+
+        Evaluating again later rebuilds the committed run with the new metrics and plots.
+        """
+        with self.recording():
+            metrics = self._evaluate(self._client(client))
+            self._commit(metrics)
+        return metrics
+
+    def _evaluate(self, client) -> dict:
         model = self._model or self.train(client=client)
         with self._phase("evaluate", client):
             validation = self.scores("validation", client=client)
@@ -271,7 +306,7 @@ class Pipeline:
             metrics = ev.evaluate_scores(scores, y, w, class_totals=totals, b_reg=cfg.ams_breg,
                                          top_fraction=cfg.top_fraction, extra=cfg.metrics,
                                          validation=validation)
-            ev.plot_all(self.run_dir, scores, y, w, metrics, model.importance(), model.history,
+            ev.plot_all(self.staging_dir, scores, y, w, metrics, model.importance(), model.history,
                         class_totals=totals, bins=cfg.bins, validation=validation)
         metrics.update({
             "engine": self.config.train.engine,
@@ -289,23 +324,114 @@ class Pipeline:
             "specs_reused": self.specs_reused,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         })
-        write_json(self.run_dir / "metrics.json", metrics)
+        write_json(self.staging_dir / "metrics.json", metrics)
         return metrics
 
-    def run(self, *, client=None, resume: bool = False) -> dict:
-        """Every step, writing the whole run directory; returns the metrics."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with _log_to(self.run_dir / "run.log"):
-            if self.config_text is not None:
-                write_text(self.run_dir / "config.toml", self.config_text)
-            write_json(self.run_dir / "config.resolved.json", self.config.to_dict())
+    def run(self, *, client=None, resume: bool = False, reuse_specs: bool = True,
+            report: bool = False) -> dict:
+        """Every step, then the run directory is replaced as a whole; returns the metrics.
+
+        ``reuse_specs=False`` computes the specs again; ``report`` saves Dask's performance
+        report of the steps as dask-report.html in the run.
+        """
+        with self.recording():
             try:
-                self.specs(client=client)
-                self.train(client=client, resume=resume)
-                return self.evaluate(client=client)
+                with _performance_report(self.staging_dir / "dask-report.html" if report
+                                         else None):
+                    self.specs(client=client, reuse=reuse_specs)
+                    self.train(client=client, resume=resume)
+                    metrics = self._evaluate(self._client(client))
+                self._commit(metrics)
+                return metrics
             finally:
                 if self._progress is not None:
                     self._progress.close()
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where the steps write until :meth:`evaluate` completes the run:
+        ``<parent>/.<name>.staging`` beside :attr:`run_dir`. An interrupted or failed run's
+        files stay there, with its run.log and the Keras checkpoints ``resume`` continues from."""
+        return staging_path(self.run_dir)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[logging.Handler]:
+        """Open the staging directory and log into its run.log for the block; yields the log.
+
+        The first block of a run creates the staging directory, checked writable, with the
+        config (an unfinished run there keeps only its specs and checkpoints; after a commit,
+        the staging directory starts as a copy of the committed run). While it lasts, the
+        ``hepdask`` logger logs at least INFO. An error or interruption that ends the outermost
+        block goes into run.log, and says where the unfinished run is. Every step that writes
+        runs in one; the CLI holds one around a whole run. Blocks nest.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self._log
+            finally:
+                self._depth -= 1
+            return
+        opened = not self._staged
+        if opened:
+            started_over = open_staging(self.run_dir, seed=self._committed)
+            self._staged = True
+        self._log = _RunLog(self.staging_dir / "run.log")
+        level = log.level
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
+        log.addHandler(self._log)
+        self._depth = 1
+        try:
+            if opened:
+                if started_over:
+                    log.info("Starting over in %s: removed the files of an unfinished run (its "
+                             "specs.json and Keras checkpoints stay, for reuse and --resume)",
+                             self.staging_dir)
+                if self.config_text is not None:
+                    write_text(self.staging_dir / "config.toml", self.config_text)
+                write_json(self.staging_dir / "config.resolved.json", self.config.to_dict())
+            yield self._log
+        except HepdaskError as err:
+            if self._staged:
+                err.args = (f"{err} {self.where()}",)
+            self._log.write(logging.ERROR, str(err))
+            raise
+        except KeyboardInterrupt as err:
+            err.args = (self.where(),)
+            self._log.write(logging.ERROR, f"Interrupted; {self.where()}")
+            raise
+        except Exception as err:
+            if self._staged:
+                err.add_note(self.where())
+            self._log.write(logging.ERROR, f"Failed; {self.where()}", sys.exc_info())
+            raise
+        finally:
+            self._depth = 0
+            log.removeHandler(self._log)
+            log.setLevel(level)
+            self._log.close()
+
+    def where(self) -> str:
+        """Where this run's files are, in a sentence: for the messages of a run cut short."""
+        if not self._staged:
+            return (f"the run in {self.run_dir} is complete." if self._committed
+                    else f"nothing was written to {self.run_dir}.")
+        kept = (f"{self.run_dir} is as it was" if self.run_dir.exists()
+                else f"nothing was written to {self.run_dir}")
+        note = f"{kept}; this run's files, with its run.log, are in {self.staging_dir}"
+        if (self.staging_dir / "checkpoints" / "state.json").is_file():
+            note += " (--resume continues its Keras training from the last checkpoint)"
+        return note + "."
+
+    def _commit(self, metrics: dict) -> None:
+        """The run is complete: log its summary, then swap it into the run directory."""
+        self._log.write(logging.INFO, ev.summary(metrics, self.run_dir))
+        try:
+            commit(self.staging_dir, self.run_dir)
+        finally:  # also when interrupted while the previous run was being removed
+            if not self.staging_dir.exists():
+                self._staged, self._committed = False, True
 
     def _client(self, client, *, required: bool = True):
         client = client or self.client
@@ -360,13 +486,39 @@ def _check_classes(specs: Specs, config: Config) -> None:
         )
 
 
+class _RunLog(logging.FileHandler):
+    """run.log: every record at INFO and above, whatever the terminal shows."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, mode="a", encoding="utf-8")
+        self.setLevel(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+    def write(self, level: int, message: str, exc_info=None) -> None:
+        """Log ``message`` here only: what the terminal shows otherwise (the summary on stdout,
+        the error paragraph)."""
+        self.handle(log.makeRecord(log.name, level, __file__, 0, message, (), exc_info))
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A full disk fails the run at its next output, with one paragraph; not here."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
 @contextlib.contextmanager
-def _log_to(path: Path) -> Iterator[None]:
-    handler = logging.FileHandler(path, mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    try:
+def _performance_report(path: Path | None) -> Iterator[None]:
+    """Dask's performance report of the block, written (whole) also when the block fails."""
+    if path is None:
         yield
+        return
+    from distributed import performance_report
+
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        with performance_report(filename=str(tmp)):
+            yield
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if tmp.exists():
+            with writing(path):
+                os.replace(tmp, path)
+            log.info("Dask performance report: %s", path)

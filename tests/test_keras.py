@@ -53,13 +53,18 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, toy_data, client, m
         return original(self, epoch, index)
 
     monkeypatch.setattr(BatchStream, "batch", interrupted)
+    earlier = tmp_path / "run"  # an earlier run, which the interrupted one must leave alone
+    earlier.mkdir()
+    (earlier / "config.resolved.json").write_text("{}")
     with pytest.raises(BaseException) as crash:  # TensorFlow wraps it when raised in its reader
 
         pipeline(tmp_path, toy_data, "train.engine='keras'", "train.keras.epochs=3",
                  "train.keras.patience=10").run(client=client)
     assert "KeyboardInterrupt" in f"{crash.type.__name__} {crash.value}"
-    state = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())
-    assert state["epoch"] == 0 and not (tmp_path / "run" / "model.keras").exists()
+    staging = tmp_path / ".run.staging"
+    state = json.loads((staging / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 0 and not (staging / "model.keras").exists()
+    assert [p.name for p in earlier.iterdir()] == ["config.resolved.json"]
 
     epochs_seen.clear()
     pipe = pipeline(tmp_path, toy_data, "train.engine='keras'", "train.keras.epochs=3",
@@ -68,6 +73,8 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, toy_data, client, m
     assert set(epochs_seen) == {1, 2}  # epoch 0 was not trained again
     assert len(pipe._model.history["train"]["loss"]) == 3
     assert (tmp_path / "run" / "model.keras").is_file() and metrics["auc"] > 0.75
+    assert (tmp_path / "run" / "checkpoints" / "state.json").is_file() and not staging.exists()
+    assert "Resuming after epoch 1" in (tmp_path / "run" / "run.log").read_text()
 
 
 def test_sklearn_engine_trains_and_saves(tmp_path, toy_data, client):

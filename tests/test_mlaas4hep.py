@@ -62,6 +62,7 @@ def test_mlaas4hep_workflow_runs_as_it_is(toy_data, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "params.hist is not used" in result.stderr
     run = tmp_path / "run"
+    assert "params.hist is not used" in (run / "run.log").read_text()  # the notes, also there
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["engine"] == "keras" and metrics["auc"] > 0.7 and 0.5 < metrics["accuracy"] <= 1
     read = sum(s["read"] for s in metrics["selection"].values())

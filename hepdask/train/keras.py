@@ -4,7 +4,8 @@ The workers read and flatten the partitions; this process only holds the few
 blocks the current batches need (see :mod:`hepdask.stream`). Each epoch is a
 true pass over the whole training split, reshuffled; validation loss (and AUC
 when the model computes it) is measured on the validation split every epoch.
-Every epoch also leaves a checkpoint in ``<run>/checkpoints/``, so an
+Every epoch also leaves a checkpoint in ``checkpoints/`` of the directory the
+run is built in (its staging directory, see :mod:`hepdask.outputs`), so an
 interrupted run continues with ``--resume`` where it stopped, on the same
 batches it would have seen.
 
@@ -116,6 +117,9 @@ def train_keras(client, features: Features, specs: Specs, config: KerasConfig,
         log.info("Resuming after epoch %d of %d from %s", state.epoch + 1, config.epochs,
                  checkpoints)
     else:
+        if not resume and (checkpoints / "state.json").exists():
+            log.info("Starting from the first epoch: removed the checkpoints in %s (--resume "
+                     "continues from them)", checkpoints)
         shutil.rmtree(checkpoints, ignore_errors=True)
         keras.utils.set_random_seed(stream.seed)  # the same initial weights run after run
         model = _build_model(keras, config, len(names), specs.n_classes)
