@@ -1,0 +1,151 @@
+"""Bad data give one paragraph naming the sample, file, branch or config key, never a traceback:
+empty trees, RNTuples, bad weights, features without a finite value, labels that leak into
+the features through a collection's columns, split objects' sub-branches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import uproot
+from conftest import shared_file, toy_config, write_sample
+
+from hepdask import HepdaskError, Pipeline
+from hepdask.bundle import Bundle
+from hepdask.config import from_dict, load_config
+from hepdask.dataset import open_dataset
+from hepdask.predict import predict
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Small toy files: signal, background, one with an empty tree, one RNTuple."""
+    base = tmp_path_factory.mktemp("dataerr")
+    write_sample(base / "sig_0.root", 1500, signal=True, seed=1)
+    write_sample(base / "bkg_0.root", 2000, signal=False, seed=3)
+    write_sample(base / "empty.root", 0, signal=False, seed=4)
+    with uproot.recreate(base / "rntuple.root") as f:
+        f["events"] = {"mass": np.ones(10, np.float32), "met": np.ones(10, np.float32)}
+    return base
+
+
+def config_text(data, tmp_path, *, background: str = '["{d}/bkg_0.root"]', extra: str = "",
+                weight: str = "weight") -> str:
+    """The toy config with the background sample's files (and weight) replaced."""
+    text = toy_config(tmp_path, data, extra).read_text()
+    text = text.replace('files = ["%s/bkg_0.root"]' % data, "files = " + background.format(d=data))
+    text = text.replace('label = 0\nweight = "weight"', f"label = 0\nweight = {weight!r}")
+    text = text.replace("n_workers = 2", "n_workers = 1").replace("num_boost_round = 40",
+                                                                  "num_boost_round = 5")
+    return text.replace("sig_*.root", "sig_0.root")
+
+
+def run_cli(tmp_path, text: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return subprocess.run([sys.executable, "-m", "hepdask", "run", str(path), "-q"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def one_paragraph(result: subprocess.CompletedProcess, *words: str) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    message = result.stderr.split("error:", 1)[1]
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_a_sample_of_empty_trees_stops_with_one_paragraph(data, tmp_path):
+    result = run_cli(tmp_path, config_text(data, tmp_path, background='["{d}/empty.root"]'))
+    one_paragraph(result, "'background'", str(data / "empty.root"), "no entries", "cannot train")
+
+
+def test_empty_files_of_a_sample_are_skipped_with_a_note(data, tmp_path, caplog):
+    path = tmp_path / "run.toml"
+    path.write_text(config_text(data, tmp_path, background='["{d}/empty.root", "{d}/bkg_0.root"]'))
+    with caplog.at_level(logging.INFO, logger="hepdask"):
+        dataset = open_dataset(load_config(path))
+    background = dataset.samples[1]
+    assert [f.path for f in background.files] == [str(data / "bkg_0.root")]
+    assert background.n_events == 2000
+    assert any(str(data / "empty.root") in r.message and "no entries" in r.message
+               for r in caplog.records)
+
+
+def test_an_rntuple_is_named_with_how_to_convert_it(data, tmp_path):
+    result = run_cli(tmp_path, config_text(data, tmp_path, background='["{d}/rntuple.root"]'))
+    one_paragraph(result, str(data / "rntuple.root"), "'events'", "RNTuple", "TTree", "mktree")
+
+
+def test_nan_weights_name_the_sample_and_expression(data, tmp_path):
+    result = run_cli(tmp_path, config_text(data, tmp_path, weight="log(met - 30)"))
+    message = one_paragraph(result, "samples.background.weight", "'log(met - 30)'", "of the 2000",
+                            "selection.events")
+    assert "train.xgboost.params" not in message
+
+
+def test_negative_weights_stop_with_advice(data, tmp_path, client):
+    path = tmp_path / "run.toml"
+    path.write_text(config_text(data, tmp_path, weight="met - 30",
+                                extra='\n[train]\nengine = "sklearn"\n'))
+    met = uproot.open(data / "bkg_0.root")["events"]["met"].array(library="np")
+    with pytest.raises(HepdaskError) as err:
+        Pipeline.from_config(path, progress=False).features(client=client)
+    message = str(err.value)
+    for word in ("samples.background.weight", "'met - 30'", f"{(met < 30).sum()} of the 2000",
+                 "negative", "XGBoost", "ROC AUC", "selection.events", "abs("):
+        assert word in message, message
+
+
+def test_features_without_a_finite_value_are_left_out(data, tmp_path, client):
+    path = tmp_path / "run.toml"
+    path.write_text(config_text(data, tmp_path, extra='\n[derived]\ndead = "log(mass - 1e6)"\n'
+                                                      'lost = "mmc * 0 - 999"\n')
+                    .replace('branches = ["mass", "met", "mmc", "njet", "Jet_*"]',
+                             'branches = ["mass", "met", "dead", "lost"]'))
+    pipe = Pipeline.from_config(path, client=client, progress=False)
+    pipe.run()
+    features = json.loads((pipe.run_dir / "features.json").read_text())
+    assert features["names"] == ["mass", "met"]
+    notes = " ".join(features["notes"])
+    assert "'dead'" in notes and "'lost'" in notes and "no finite value" in notes
+    # a zero-entry input still gets its (empty) friend tree
+    done = predict(Bundle.load(pipe.run_dir), [str(data / "empty.root")], tmp_path / "scored",
+                   client=client)
+    assert done[0].entries == 0
+    assert uproot.open(done[0].output)["toy"].num_entries == 0
+
+
+def test_no_feature_with_a_finite_value_is_one_paragraph(data, tmp_path, client):
+    path = tmp_path / "run.toml"
+    path.write_text(config_text(data, tmp_path, extra='\n[derived]\ndead = "log(mass - 1e6)"\n')
+                    .replace('branches = ["mass", "met", "mmc", "njet", "Jet_*"]',
+                             'branches = ["dead"]'))
+    with pytest.raises(HepdaskError, match=r"'dead'.*no finite value.*no feature is left"):
+        Pipeline.from_config(path, client=client, progress=False).features(client=client)
+
+
+def test_a_label_leaves_out_its_collection_columns(tmp_path, client):
+    hzz = str(shared_file("root", "uproot-HZZ.root"))
+    config = from_dict({
+        "name": "leak", "output": str(tmp_path / "runs"),
+        "samples": [{"name": "hzz", "files": [hzz], "label": "NMuon >= 2"}],
+        "data": {"step_size": 1000},
+        "features": {"branches": ["Muon_*", "MET_px", "MET_py", "NJet", "Jet_Px", "nlep"],
+                     "pad": 2},
+        "derived": {"nlep": "NMuon + NElectron"},
+        "train": {"xgboost": {"num_boost_round": 10}},
+    })
+    pipe = Pipeline(config, client=client, progress=False)
+    metrics = pipe.run()
+    features = json.loads((pipe.run_dir / "features.json").read_text())
+    names = features["names"]
+    assert not [n for n in names if n.startswith("Muon")], names
+    assert "Jet.n" in names and "MET_px" in names and "nlep" not in names
+    assert any("'Muon'" in n and "NMuon >= 2" in n for n in features["notes"]), features["notes"]
+    assert metrics["auc"] < 0.9
