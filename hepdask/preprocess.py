@@ -448,7 +448,7 @@ def _select_features(config: Config, prep: Preprocess, other: Mapping[str, str],
             raise HepdaskError(missing_branch(pattern, names, source, "features.branches"))
     explicit = {p for p in patterns if not glob.has_magic(p)}
     leaks = _label_and_weight_inputs(config.samples, prep)
-    selected, notes = [], []
+    selected, notes, hidden = [], [], {}
     for name in names:
         if not any(fnmatch.fnmatchcase(name, p) for p in patterns) \
                 or any(fnmatch.fnmatchcase(name, p) for p in exclude):
@@ -460,11 +460,12 @@ def _select_features(config: Config, prep: Preprocess, other: Mapping[str, str],
                     "and cannot be a feature: remove it from features.branches."
                 )
             notes.append(f"Skipping branch {name!r} ({other[name]}): not numeric.")
-        elif name in leaks:
-            if name in explicit:
-                notes.append(f"Not using {name!r} as a feature: it defines a label or weight.")
+        elif (why := _reveals(name, leaks, prep)) is not None:
+            hidden.setdefault(why, []).append(name)
         else:
             selected.append(name)
+    notes += [f"Not using {', '.join(map(repr, left))} as feature{'s' * (len(left) > 1)}: {why}."
+              for why, left in hidden.items()]
     jagged = {prep.branches[n].collection for n in selected if prep.branches[n].jagged}
     for counter, collection in prep.counters.items():
         spec = config.features.collections.get(collection)
@@ -475,22 +476,54 @@ def _select_features(config: Config, prep: Preprocess, other: Mapping[str, str],
     if not selected:
         raise HepdaskError(
             f"features.branches {list(patterns)} minus features.exclude {list(exclude)} leaves "
-            f"no numeric branch in {source}."
+            f"no numeric branch in {source}{''.join(f' {n}' for n in notes)}"
+            f"{'' if notes else '.'}"
         )
     return selected, notes
 
 
-def _label_and_weight_inputs(samples: Iterable[SampleConfig], prep: Preprocess) -> set[str]:
-    """Names a label or weight is computed from (through derived branches): never features."""
-    out: set[str] = set()
-    todo = [n for s in samples for e in prep._sample_expressions(s.name) for n in e.names]
-    while todo:
-        name = todo.pop()
-        if name not in out:
-            out.add(name)
-            if name in prep.derived:
-                todo += prep.derived[name].names
+def _label_and_weight_inputs(samples: Iterable[SampleConfig], prep: Preprocess) -> dict[str, str]:
+    """Every name a label or weight is computed from (through derived branches), with the
+    config key and expression that use it: what the features must not reveal."""
+    out: dict[str, str] = {}
+    for sample in samples:
+        for key in ("label", "weight"):
+            expression = getattr(prep, f"{key}s")[sample.name]
+            if not isinstance(expression, Expression):
+                continue
+            todo = list(expression.names)
+            while todo:
+                name = todo.pop()
+                if name not in out:
+                    out[name] = f"samples.{sample.name}.{key} = {expression.text!r}"
+                    todo += prep.derived[name].names if name in prep.derived else []
     return out
+
+
+def _reveals(name: str, leaks: Mapping[str, str], prep: Preprocess) -> str | None:
+    """Why the feature ``name`` would reveal a label or weight (see
+    :func:`_label_and_weight_inputs`), or None.
+
+    It does when a label or weight is computed from it, or from a collection it belongs to:
+    counting or reading a collection's objects (``NMuon >= 2``, ``any(Jet_btag > 0.5)``) makes
+    every column of the collection a leak, since its slots, count and mask columns all tell
+    how many objects an event has. A derived branch reveals what it is computed from.
+    """
+    if name in leaks:
+        return f"{leaks[name]} is computed from it"
+    branch = prep.branches[name]
+    if branch.jagged:
+        for used, source in leaks.items():
+            used_branch = prep.branches[used]
+            of = prep.counters.get(used, used_branch.collection if used_branch.jagged else None)
+            if of == branch.collection:
+                return (f"{source} is computed from {used!r}, so the columns of the "
+                        f"{branch.collection!r} collection (its objects, slots, count and mask) "
+                        "would reveal it")
+    for used in prep.derived[name].names if name in prep.derived else ():
+        if (why := _reveals(used, leaks, prep)) is not None:
+            return f"it is computed from {used!r}, and {why}"
+    return None
 
 
 def missing_branch(name: str, available: Sequence[str], path: str, key: str) -> str:
