@@ -464,7 +464,8 @@ def _select_features(config: Config, prep: Preprocess, other: Mapping[str, str],
             hidden.setdefault(why, []).append(name)
         else:
             selected.append(name)
-    notes += [f"Not using {', '.join(map(repr, left))} as feature{'s' * (len(left) > 1)}: {why}."
+    notes += [f"Not using {', '.join(map(repr, left))} as "
+              f"{'features' if len(left) > 1 else 'a feature'}: {why}."
               for why, left in hidden.items()]
     jagged = {prep.branches[n].collection for n in selected if prep.branches[n].jagged}
     for counter, collection in prep.counters.items():
