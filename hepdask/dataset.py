@@ -507,7 +507,7 @@ def open_tree(path: str, tree: str, *, timeout: int = 60, context: str = "",
 
 
 def _check_branches(ttree, wanted: Sequence[str], path: str, key: str) -> None:
-    names = set(ttree.keys(recursive=False))
+    names = set(ttree.keys(recursive=True, full_paths=True))
     for name in wanted:
         if name not in names:
             raise HepdaskError(missing_branch(name, sorted(names), path, key))

@@ -77,23 +77,35 @@ def describe_tree(ttree) -> tuple[dict[str, Branch], dict[str, str], dict[str, s
 
     Returns (numeric branches by name, non-numeric branch -> its type name,
     counter branch -> the collection it counts).
+
+    A split object (a struct, a ``std::vector`` of structs) keeps its values in sub-branches,
+    named here by their full path, as uproot does (``Info/pfMET``, ``Lep/Lep.pt``); the
+    jagged sub-branches of one object form a collection named after it (``Lep``).
     """
     jagged: dict[str, list[str]] = {}  # counter (or the branch itself) -> jagged branches
     numeric: dict[str, tuple[str, bool, str]] = {}
     other: dict[str, str] = {}
-    for tbranch in ttree.branches:
+    for path, tbranch in ttree.iteritems(recursive=True, full_paths=True):
+        if tbranch.branches:
+            subs = ", ".join(tbranch.keys(recursive=True, full_paths=True))
+            other[path] = f"{tbranch.typename}, split into the sub-branches {path}/{subs}"
+            continue
         interp = tbranch.interpretation
         content = interp.content if isinstance(interp, uproot.AsJagged) else interp
         if not (isinstance(content, uproot.AsDtype) and content.to_dtype.kind in "biuf"
                 and not content.to_dtype.shape):
-            other[tbranch.name] = tbranch.typename
+            other[path] = tbranch.typename
             continue
         is_jagged = isinstance(interp, uproot.AsJagged)
-        counter = tbranch.count_branch.name if is_jagged and tbranch.count_branch is not None \
-            else tbranch.name
-        numeric[tbranch.name] = (content.to_dtype.name, is_jagged, counter)
+        if is_jagged and "/" in path:  # uproot gives a split vector's first member as counter
+            counter = path.split("/", 1)[0]
+        elif is_jagged and tbranch.count_branch is not None:
+            counter = tbranch.count_branch.name
+        else:
+            counter = path
+        numeric[path] = (content.to_dtype.name, is_jagged, counter)
         if is_jagged:
-            jagged.setdefault(counter, []).append(tbranch.name)
+            jagged.setdefault(counter, []).append(path)
     names = {counter: _collection_name(counter, members) for counter, members in jagged.items()}
     branches = {
         name: Branch(name, dtype, is_jagged, names[counter] if is_jagged else name)
@@ -104,9 +116,15 @@ def describe_tree(ttree) -> tuple[dict[str, Branch], dict[str, str], dict[str, s
 
 
 def _collection_name(counter: str, members: Sequence[str]) -> str:
-    """``Jet`` for ``Jet_pt, Jet_eta``; the counter's name when the members share no prefix."""
+    """``Jet`` for ``Jet_pt, Jet_eta``; the counter's name when the members share no prefix
+    (and the split object's, for its sub-branches ``Lep/Lep.pt``, ``Lep/Lep.eta``)."""
     prefixes = {m.split("_", 1)[0] for m in members}
-    return prefixes.pop() if len(prefixes) == 1 else counter
+    return prefixes.pop() if len(prefixes) == 1 and "/" not in counter + members[0] else counter
+
+
+def field(name: str) -> str:
+    """The field uproot reads a branch into: a sub-branch's own name, without its path."""
+    return name.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -284,7 +302,7 @@ class _Values:
         branch = prep.branches[name]
         if stage > RAW and name in prep.counters and prep.counters[name] in prep.objects:
             return ak.sum(self.mask(prep.counters[name]), axis=1)
-        value = self.events[name]
+        value = self.events[field(name)]
         if branch.jagged and stage > RAW:
             if branch.collection in prep.objects:
                 value = value[self.mask(branch.collection)]

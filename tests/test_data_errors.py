@@ -8,7 +8,9 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
+import awkward as ak
 import numpy as np
 import pytest
 import uproot
@@ -18,7 +20,9 @@ from hepdask import HepdaskError, Pipeline
 from hepdask.bundle import Bundle
 from hepdask.config import from_dict, load_config
 from hepdask.dataset import open_dataset
+from hepdask.features import build_features, make_layout
 from hepdask.predict import predict
+from hepdask.specs import compute_specs
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,7 @@ def config_text(data, tmp_path, *, background: str = '["{d}/bkg_0.root"]', extra
                 weight: str = "weight") -> str:
     """The toy config with the background sample's files (and weight) replaced."""
     text = toy_config(tmp_path, data, extra).read_text()
-    text = text.replace('files = ["%s/bkg_0.root"]' % data, "files = " + background.format(d=data))
+    text = text.replace(f'files = ["{data}/bkg_0.root"]', "files = " + background.format(d=data))
     text = text.replace('label = 0\nweight = "weight"', f"label = 0\nweight = {weight!r}")
     text = text.replace("n_workers = 2", "n_workers = 1").replace("num_boost_round = 40",
                                                                   "num_boost_round = 5")
@@ -149,3 +153,35 @@ def test_a_label_leaves_out_its_collection_columns(tmp_path, client):
     assert "Jet.n" in names and "MET_px" in names and "nlep" not in names
     assert any("'Muon'" in n and "NMuon >= 2" in n for n in features["notes"]), features["notes"]
     assert metrics["auc"] < 0.9
+
+
+def test_the_sub_branches_of_split_objects_are_features_by_their_full_name(client, tmp_path):
+    path = Path(__file__).with_name("data") / "split_objects.root"
+    config = from_dict({
+        "name": "split", "output": str(tmp_path / "runs"),
+        "samples": [{"name": "split", "files": [str(path)], "label": "mass > 110"}],
+        "data": {"step_size": 100},
+        "features": {"branches": ["*"], "pad": 2, "normalize": "none"},
+        "train": {"xgboost": {"num_boost_round": 3}},
+    })
+    dataset = open_dataset(config)
+    assert [b.name for b in dataset.branches] == ["Info/pfMET", "Info/evtNum", "Lep/Lep.pt",
+                                                  "Lep/Lep.eta"]
+    assert any("'Info'" in n and "Info/pfMET" in n for n in dataset.notes), dataset.notes
+    specs = compute_specs(dataset, client=client)
+    layout = make_layout(dataset, specs, config.features)
+    assert layout.names == ("Info/pfMET", "Info/evtNum", "Lep.n", "Lep.mask[0]", "Lep.mask[1]",
+                            "Lep/Lep.pt[0]", "Lep/Lep.pt[1]", "Lep/Lep.eta[0]", "Lep/Lep.eta[1]")
+    features = build_features(dataset, layout, specs)
+    X = np.concatenate([features[s].X.compute() for s in ("train", "validation", "test")])
+    tree = uproot.open(path)["events"]
+    met, pt = tree["Info/pfMET"].array(library="np"), tree["Lep/Lep.pt"].array()
+    assert specs["Info/pfMET"].sum == pytest.approx(met.astype(np.float64).sum())
+    assert specs["Lep/Lep.pt"].count == len(ak.flatten(pt))
+    assert sorted(X[:, 0]) == sorted(met) and sorted(X[:, 2]) == sorted(ak.num(pt).tolist())
+    # trained on them, the model scores files of split objects
+    pipe = Pipeline(config, client=client, progress=False)
+    pipe.run()
+    done = predict(Bundle.load(pipe.run_dir), [str(path)], tmp_path / "scored", client=client)
+    scores = uproot.open(done[0].output)["split"]["score"].array(library="np")
+    assert len(scores) == 300 and np.isfinite(scores).all()
