@@ -330,7 +330,7 @@ def _no_events(sample: str, tree: str, empty: Sequence[str], unreadable: int) ->
         return (f"No file of sample {sample!r} can be read ({unreadable} skipped, "
                 'data.on_read_error = "skip"): see the messages above.')
     shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-    which = f"Its file {shown} has" if len(empty) == 1 else f"Its {len(empty)} files {shown} have"
+    which = f"its file {shown} has" if len(empty) == 1 else f"its {len(empty)} files {shown} have"
     others = f" (its other {unreadable} could not be read, see above)" if unreadable else ""
     return (f"Sample {sample!r} has no events: {which} a tree {tree!r} with no entries{others}. "
             "A sample without events cannot train: add files with events to its 'files', or "
@@ -494,7 +494,7 @@ def open_tree(path: str, tree: str, *, timeout: int = 60, context: str = "",
                 "only, for now. Convert the file to a TTree, e.g. with uproot: a = "
                 f"uproot.open(path)[{tree!r}].arrays(); with uproot.recreate(out) as f: "
                 f"f.mktree({tree!r}, {{k: a[k].type for k in a.fields}}).extend({{k: a[k] for "
-                "k in a.fields}) (for large files, once per chunk of .iterate())."
+                "k in a.fields}) (for a large file, extend it chunk by chunk from .iterate())."
             )
         if not isinstance(obj, uproot.TTree):
             raise HepdaskError(
