@@ -453,7 +453,8 @@ def _missing_protocol(url: str, where: str) -> str:
 def open_tree(path: str, tree: str, *, timeout: int = 60, context: str = "",
               remedy: str = 'remove it from the sample, or set data.on_read_error = "skip"',
               tree_key: str = "the sample's 'tree' key or [data] tree") -> Iterator[uproot.TTree]:
-    """Open ``tree`` of the file ``path`` (local or remote) with one-paragraph errors.
+    """Open ``tree`` (a TTree or an RNTuple) of the file ``path`` (local or remote) with
+    one-paragraph errors.
 
     ``context`` says where the file comes from (e.g. "sample 'signal'"), ``remedy`` what to do
     with a file that cannot be read, and ``tree_key`` where the tree name is set.
@@ -479,7 +480,8 @@ def open_tree(path: str, tree: str, *, timeout: int = 60, context: str = "",
     try:
         obj = file[tree]
     except Exception:
-        trees = [k.split(";")[0] for k, c in file.classnames().items() if c in ("TTree", "TNtuple")]
+        trees = [k.split(";")[0] for k, c in file.classnames().items()
+                 if c in ("TTree", "TNtuple", "ROOT::RNTuple")]
         file.close()
         raise UnreadableFile(
             f"The file {where} has no tree {tree!r}; its trees are {trees or 'none'}. Set the "
@@ -487,19 +489,10 @@ def open_tree(path: str, tree: str, *, timeout: int = 60, context: str = "",
             reason=f"no tree {tree!r} (its trees: {trees or 'none'})",
         ) from None
     try:
-        if isinstance(obj, uproot.behaviors.RNTuple.RNTuple):
+        if not isinstance(obj, uproot.TTree | uproot.behaviors.RNTuple.RNTuple):
             raise HepdaskError(
-                f"{tree!r} in {where} is an RNTuple (ROOT's successor of the TTree, which "
-                "uproot 5.7 writes for file[name] = {...}), not a TTree: hepdask reads TTrees "
-                "only, for now. Convert the file to a TTree, e.g. with uproot: a = "
-                f"uproot.open(path)[{tree!r}].arrays(); with uproot.recreate(out) as f: "
-                f"f.mktree({tree!r}, {{k: a[k].type for k in a.fields}}).extend({{k: a[k] for "
-                "k in a.fields}) (for a large file, extend it chunk by chunk from .iterate())."
-            )
-        if not isinstance(obj, uproot.TTree):
-            raise HepdaskError(
-                f"{tree!r} in {path} is a {type(obj).__name__}, not a TTree: set {tree_key} to "
-                "the name of a TTree."
+                f"{tree!r} in {path} is a {type(obj).__name__}, not a TTree or RNTuple: set "
+                f"{tree_key} to the name of a TTree or RNTuple."
             )
         yield obj
     finally:

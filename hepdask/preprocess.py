@@ -25,7 +25,7 @@ import fnmatch
 import glob
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,28 +73,51 @@ class Events:
 
 
 def describe_tree(ttree) -> tuple[dict[str, Branch], dict[str, str], dict[str, str]]:
-    """The numeric branches of ``ttree`` with their collections, the others, and the counters.
+    """The numeric branches of ``ttree`` (a TTree or an RNTuple) with their collections, the
+    others, and the counters.
 
     Returns (numeric branches by name, non-numeric branch -> its type name,
     counter branch -> the collection it counts).
 
     A split object (a struct, a ``std::vector`` of structs) keeps its values in sub-branches,
     named here by their full path, as uproot does (``Info/pfMET``, ``Lep/Lep.pt``); the
-    jagged sub-branches of one object form a collection named after it (``Lep``).
+    jagged sub-branches of one object form a collection named after it (``Lep``). An RNTuple's
+    top-level fields of numbers, or of lists of numbers, are read like branches.
     """
     jagged: dict[str, list[str]] = {}  # counter (or the branch itself) -> jagged branches
     numeric: dict[str, tuple[str, bool, str]] = {}
     other: dict[str, str] = {}
+    leaves = _rntuple_fields(ttree) if isinstance(ttree, uproot.behaviors.RNTuple.RNTuple) \
+        else _tree_leaves(ttree)
+    for path, kind in leaves:
+        if isinstance(kind, str):
+            other[path] = kind
+            continue
+        numeric[path] = kind
+        if kind[1]:
+            jagged.setdefault(kind[2], []).append(path)
+    names = {counter: _collection_name(counter, members) for counter, members in jagged.items()}
+    branches = {
+        name: Branch(name, dtype, is_jagged, names[counter] if is_jagged else name)
+        for name, (dtype, is_jagged, counter) in numeric.items()
+    }
+    counters = {c: names[c] for c in jagged if c in numeric and not numeric[c][1]}
+    return branches, other, counters
+
+
+def _tree_leaves(ttree) -> Iterator[tuple[str, tuple[str, bool, str] | str]]:
+    """(path, (dtype, jagged, counter)) for each numeric leaf branch, (path, type name) for
+    the others."""
     for path, tbranch in ttree.iteritems(recursive=True, full_paths=True):
         if tbranch.branches:
             subs = ", ".join(tbranch.keys(recursive=True, full_paths=True))
-            other[path] = f"{tbranch.typename}, split into the sub-branches {path}/{subs}"
+            yield path, f"{tbranch.typename}, split into the sub-branches {path}/{subs}"
             continue
         interp = tbranch.interpretation
         content = interp.content if isinstance(interp, uproot.AsJagged) else interp
         if not (isinstance(content, uproot.AsDtype) and content.to_dtype.kind in "biuf"
                 and not content.to_dtype.shape):
-            other[path] = tbranch.typename
+            yield path, tbranch.typename
             continue
         is_jagged = isinstance(interp, uproot.AsJagged)
         if is_jagged and "/" in path:  # uproot gives a split vector's first member as counter
@@ -103,16 +126,20 @@ def describe_tree(ttree) -> tuple[dict[str, Branch], dict[str, str], dict[str, s
             counter = tbranch.count_branch.name
         else:
             counter = path
-        numeric[path] = (content.to_dtype.name, is_jagged, counter)
-        if is_jagged:
-            jagged.setdefault(counter, []).append(path)
-    names = {counter: _collection_name(counter, members) for counter, members in jagged.items()}
-    branches = {
-        name: Branch(name, dtype, is_jagged, names[counter] if is_jagged else name)
-        for name, (dtype, is_jagged, counter) in numeric.items()
-    }
-    counters = {c: names[c] for c in jagged if c in numeric and not numeric[c][1]}
-    return branches, other, counters
+        yield path, (content.to_dtype.name, is_jagged, counter)
+
+
+def _rntuple_fields(rntuple) -> Iterator[tuple[str, tuple[str, bool, str] | str]]:
+    """Like :func:`_tree_leaves`, for the top-level fields of an RNTuple (from their types, read
+    from zero entries). A field of lists has no counter: it counts itself."""
+    form = rntuple.arrays(entry_stop=0).type.content
+    for name, kind in zip(form.fields, form.contents, strict=True):
+        jagged = isinstance(kind, ak.types.ListType)
+        content = kind.content if jagged else kind
+        if isinstance(content, ak.types.NumpyType) and np.dtype(content.primitive).kind in "biuf":
+            yield name, (np.dtype(content.primitive).name, jagged, name)
+        else:
+            yield name, str(kind)
 
 
 def _collection_name(counter: str, members: Sequence[str]) -> str:

@@ -30,10 +30,10 @@ def data(tmp_path_factory):
     """Small toy files: signal, background, one with an empty tree, one RNTuple."""
     base = tmp_path_factory.mktemp("dataerr")
     write_sample(base / "sig_0.root", 1500, signal=True, seed=1)
-    write_sample(base / "bkg_0.root", 2000, signal=False, seed=3)
+    arrays = write_sample(base / "bkg_0.root", 2000, signal=False, seed=3)
     write_sample(base / "empty.root", 0, signal=False, seed=4)
-    with uproot.recreate(base / "rntuple.root") as f:
-        f["events"] = {"mass": np.ones(10, np.float32), "met": np.ones(10, np.float32)}
+    with uproot.recreate(base / "rntuple.root") as f:  # uproot writes a dict as an RNTuple
+        f["events"] = arrays
     return base
 
 
@@ -81,9 +81,18 @@ def test_empty_files_of_a_sample_are_skipped_with_a_note(data, tmp_path, caplog)
                for r in caplog.records)
 
 
-def test_an_rntuple_is_named_with_how_to_convert_it(data, tmp_path):
-    result = run_cli(tmp_path, config_text(data, tmp_path, background='["{d}/rntuple.root"]'))
-    one_paragraph(result, str(data / "rntuple.root"), "'events'", "RNTuple", "TTree", "mktree")
+def test_an_rntuple_sample_trains_and_is_scored(data, tmp_path, client):
+    path = tmp_path / "run.toml"
+    path.write_text(config_text(data, tmp_path, background='["{d}/rntuple.root"]'))
+    pipe = Pipeline.from_config(path, client=client, progress=False)
+    assert isinstance(uproot.open(data / "rntuple.root")["events"], uproot.behaviors.RNTuple.RNTuple)
+    metrics = pipe.run()
+    assert pipe.specs().samples["background"].events == 2000 and metrics["auc"] > 0.8
+    assert "Jet.n" in pipe.features().names
+    done = predict(Bundle.load(pipe.run_dir), [str(data / "rntuple.root")], tmp_path / "scored",
+                   client=client)
+    scores = uproot.open(done[0].output)["toy"]["score"].array(library="np")
+    assert len(scores) == 2000 and np.isfinite(scores).all()
 
 
 def test_nan_weights_name_the_sample_and_expression(data, tmp_path):
