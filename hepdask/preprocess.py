@@ -145,8 +145,10 @@ def _rntuple_fields(rntuple) -> Iterator[tuple[str, tuple[str, bool, str] | str]
 def _collection_name(counter: str, members: Sequence[str]) -> str:
     """``Jet`` for ``Jet_pt, Jet_eta``; the counter's name when the members share no prefix
     (and the split object's, for its sub-branches ``Lep/Lep.pt``, ``Lep/Lep.eta``)."""
+    if "/" in members[0]:  # sub-branches: their counter is the split object
+        return counter
     prefixes = {m.split("_", 1)[0] for m in members}
-    return prefixes.pop() if len(prefixes) == 1 and "/" not in counter + members[0] else counter
+    return prefixes.pop() if len(prefixes) == 1 else counter
 
 
 def field(name: str) -> str:
@@ -522,8 +524,7 @@ def _select_features(config: Config, prep: Preprocess, other: Mapping[str, str],
     if not selected:
         raise HepdaskError(
             f"features.branches {list(patterns)} minus features.exclude {list(exclude)} leaves "
-            f"no numeric branch in {source}{''.join(f' {n}' for n in notes)}"
-            f"{'' if notes else '.'}"
+            f"no numeric branch in {source}.{''.join(f' {n}' for n in notes)}"
         )
     return selected, notes
 

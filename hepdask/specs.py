@@ -318,9 +318,8 @@ def _check_weights(samples: dict[str, SampleSpec], prep: Preprocess) -> None:
                 f"{head} hepdask cannot use negative weights (as NLO generators give) yet: "
                 "XGBoost refuses them in training, and the evaluation's weighted ROC AUC (of "
                 "every engine, with use_weights = false too) is not defined with them. Select "
-                "those events "
-                "away (selection.events, e.g. \"genWeight > 0\"), or train with abs(...) of "
-                "the weight (an approximation: it changes the weighted distributions)."
+                "those events away (selection.events, e.g. \"genWeight > 0\"), or train with "
+                "abs(...) of the weight (an approximation: it changes the weighted distributions)."
             )
         raise HepdaskError(
             f"{head} Every event needs a finite weight: fix the expression (guard a log, sqrt "
