@@ -30,7 +30,7 @@ import numpy as np
 from .errors import HepdaskError
 from .features import Layout, partition_matrix
 from .outputs import recover, write_json
-from .preprocess import Preprocess, describe_tree, missing_branch
+from .preprocess import Preprocess, describe_tree, field, missing_branch
 
 __all__ = ["BUNDLE_FORMAT", "Bundle", "records", "write_bundle"]
 
@@ -174,7 +174,7 @@ class Bundle:
     def _conform(self, events: ak.Array) -> ak.Array:
         """The input branches as the model saw them in training (same numeric types)."""
         branches = self.preprocess.branches
-        wanted = {name: np.dtype(branches[name].dtype) for name in self.inputs}
+        wanted = {field(name): np.dtype(branches[name].dtype) for name in self.inputs}
         if all(_dtype(events.layout.content(n)) == dtype for n, dtype in wanted.items()):
             return events
         return records({n: ak.values_astype(events[n], dtype) for n, dtype in wanted.items()},

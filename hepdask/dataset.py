@@ -285,7 +285,7 @@ def open_dataset(config: Config) -> Dataset:
         tree = sample_config.tree or data.tree
         paths = expand_files(sample_config.files, where=f"samples.{sample_config.name}.files",
                              redirector=data.redirector)
-        files, columns = [], None
+        files, columns, empty = [], None, []
         for path in paths:
             try:
                 with open_tree(path, tree, timeout=data.timeout,
@@ -294,17 +294,19 @@ def open_dataset(config: Config) -> Dataset:
                         prep = build_preprocess(config, *describe_tree(ttree), source=path)
                     columns = columns or prep.columns(sample_config.name)
                     _check_branches(ttree, columns, path, f"samples.{sample_config.name}")
-                    files.append((path, ttree.num_entries))
+                    if ttree.num_entries:
+                        files.append((path, ttree.num_entries))
+                    else:  # nothing to read: uproot.dask cannot make a partition of it
+                        empty.append(path)
+                        log.info("Skipping %s (sample %r): its tree %r has no entries.", path,
+                                 sample_config.name, tree)
             except UnreadableFile as err:
                 if data.on_read_error == "fail":
                     raise
                 skipped.append(ReadError(sample_config.name, path, err.reason))
                 log.warning("Skipping %s", skipped[-1].describe())
         if not files:
-            raise HepdaskError(
-                f"No file of sample {sample_config.name!r} can be read ({len(paths)} skipped, "
-                'data.on_read_error = "skip"): see the messages above.'
-            )
+            raise HepdaskError(_no_events(sample_config.name, tree, empty, len(paths) - len(empty)))
         found.append((sample_config, tree, files, columns))
     assert prep is not None  # every sample has at least one file
     limits = _entry_limits([n for _, _, files, _ in found for _, n in files], data.max_events)
@@ -320,6 +322,19 @@ def open_dataset(config: Config) -> Dataset:
     for note in prep.notes:
         log.info(note)
     return Dataset(samples, prep, data.sentinel, config.split, skipped)
+
+
+def _no_events(sample: str, tree: str, empty: Sequence[str], unreadable: int) -> str:
+    """Why a sample has no events: every file is empty (named) or could not be read."""
+    if not empty:
+        return (f"No file of sample {sample!r} can be read ({unreadable} skipped, "
+                'data.on_read_error = "skip"): see the messages above.')
+    shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+    which = f"its file {shown} has" if len(empty) == 1 else f"its {len(empty)} files {shown} have"
+    others = f" (its other {unreadable} could not be read, see above)" if unreadable else ""
+    return (f"Sample {sample!r} has no events: {which} a tree {tree!r} with no entries{others}. "
+            "A sample without events cannot train: add files with events to its 'files', or "
+            "remove the sample.")
 
 
 def _entry_limits(entries: list[int], max_events: int | None) -> Iterator[int]:
@@ -438,7 +453,8 @@ def _missing_protocol(url: str, where: str) -> str:
 def open_tree(path: str, tree: str, *, timeout: int = 60, context: str = "",
               remedy: str = 'remove it from the sample, or set data.on_read_error = "skip"',
               tree_key: str = "the sample's 'tree' key or [data] tree") -> Iterator[uproot.TTree]:
-    """Open ``tree`` of the file ``path`` (local or remote) with one-paragraph errors.
+    """Open ``tree`` (a TTree or an RNTuple) of the file ``path`` (local or remote) with
+    one-paragraph errors.
 
     ``context`` says where the file comes from (e.g. "sample 'signal'"), ``remedy`` what to do
     with a file that cannot be read, and ``tree_key`` where the tree name is set.
@@ -464,7 +480,8 @@ def open_tree(path: str, tree: str, *, timeout: int = 60, context: str = "",
     try:
         obj = file[tree]
     except Exception:
-        trees = [k.split(";")[0] for k, c in file.classnames().items() if c in ("TTree", "TNtuple")]
+        trees = [k.split(";")[0] for k, c in file.classnames().items()
+                 if c in ("TTree", "TNtuple", "ROOT::RNTuple")]
         file.close()
         raise UnreadableFile(
             f"The file {where} has no tree {tree!r}; its trees are {trees or 'none'}. Set the "
@@ -472,10 +489,10 @@ def open_tree(path: str, tree: str, *, timeout: int = 60, context: str = "",
             reason=f"no tree {tree!r} (its trees: {trees or 'none'})",
         ) from None
     try:
-        if not isinstance(obj, uproot.TTree):
+        if not isinstance(obj, uproot.TTree | uproot.behaviors.RNTuple.RNTuple):
             raise HepdaskError(
-                f"{tree!r} in {path} is a {type(obj).__name__}, not a TTree: set {tree_key} to "
-                "the name of a TTree."
+                f"{tree!r} in {path} is a {type(obj).__name__}, not a TTree or RNTuple: set "
+                f"{tree_key} to the name of a TTree or RNTuple."
             )
         yield obj
     finally:
@@ -483,7 +500,7 @@ def open_tree(path: str, tree: str, *, timeout: int = 60, context: str = "",
 
 
 def _check_branches(ttree, wanted: Sequence[str], path: str, key: str) -> None:
-    names = set(ttree.keys(recursive=False))
+    names = set(ttree.keys(recursive=True, full_paths=True))
     for name in wanted:
         if name not in names:
             raise HepdaskError(missing_branch(name, sorted(names), path, key))

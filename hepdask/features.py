@@ -16,6 +16,7 @@ seed, sample, file, entry), so the split does not depend on the partitioning.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 
@@ -35,6 +36,8 @@ __all__ = ["Column", "Features", "Layout", "SplitArrays", "build_features", "mak
            "partition_matrix", "resolve_pad"]
 
 SPLITS = ("train", "validation", "test")
+
+log = logging.getLogger("hepdask")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Layout:
     names: tuple[str, ...]
     sentinel: float | None
     normalize: str
+    notes: tuple[str, ...] = ()  # why branches that were asked for are not features
 
     @property
     def width(self) -> int:
@@ -72,12 +76,12 @@ class Layout:
 
     def to_dict(self) -> dict:
         return {"names": list(self.names), "sentinel": self.sentinel, "normalize": self.normalize,
-                "columns": [asdict(c) for c in self.columns]}
+                "columns": [asdict(c) for c in self.columns], "notes": list(self.notes)}
 
     @classmethod
     def from_dict(cls, data: dict) -> Layout:
         return cls(tuple(Column(**c) for c in data["columns"]), tuple(data["names"]),
-                   data["sentinel"], data["normalize"])
+                   data["sentinel"], data["normalize"], tuple(data.get("notes", ())))
 
 
 def resolve_pad(pad: int | str, spec: BranchSpec) -> int:
@@ -90,10 +94,28 @@ def resolve_pad(pad: int | str, spec: BranchSpec) -> int:
 
 
 def make_layout(dataset: Dataset, specs: Specs, config: FeaturesConfig) -> Layout:
-    """Decide the columns, pad lengths and normalisation constants from the specs."""
+    """Decide the columns, pad lengths and normalisation constants from the specs.
+
+    A branch without one finite value in the selected events (always NaN, ±inf or the
+    sentinel, e.g. a log of 0) is left out with a note: it cannot tell events apart, and its
+    min and max would be ±inf.
+    """
     columns: list[Column] = []
     seen: set[str] = set()
+    dead = [b.name for b in dataset.branches if not specs[b.name].valid]
+    notes = [f"Not using {name!r} as a feature: it has no finite value in the selected events "
+             f"({_missing(specs[name])})." for name in dead]
+    for note in notes:
+        log.warning(note)
+    if len(dead) == len(dataset.branches):
+        raise HepdaskError(
+            f"No feature is left: {' '.join(notes)} Check those branches and their [derived] "
+            "expressions (a log or division of bad values?), data.sentinel and the selections, "
+            "or choose other features.branches."
+        )
     for branch in dataset.branches:
+        if branch.name in dead:
+            continue
         spec = specs[branch.name]
         shift, scale = _normalisation(spec.min, spec.max, spec.mean, spec.std, config.normalize)
         if not branch.jagged:
@@ -113,7 +135,15 @@ def make_layout(dataset: Dataset, specs: Specs, config: FeaturesConfig) -> Layou
                 columns.append(Column(branch.name, "mask", pad, collection=branch.collection))
         columns.append(Column(branch.name, "jagged", pad, shift, scale, branch.collection))
     names = tuple(name for column in columns for name in column.names())
-    return Layout(tuple(columns), names, dataset.sentinel, config.normalize)
+    return Layout(tuple(columns), names, dataset.sentinel, config.normalize,
+                  (*dataset.notes, *notes))
+
+
+def _missing(spec: BranchSpec) -> str:
+    """What the values of a branch without a valid one are, e.g. "2000 values: 2000 NaN"."""
+    kinds = {"NaN": spec.nan, "±inf": spec.inf, "equal to data.sentinel": spec.sentinel}
+    found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+    return f"{spec.count} values: {found}" if found else "no values at all"
 
 
 def _normalisation(lo: float, hi: float, mean: float, std: float, how: str) -> tuple[float, float]:

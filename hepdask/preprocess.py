@@ -25,7 +25,7 @@ import fnmatch
 import glob
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,27 +73,29 @@ class Events:
 
 
 def describe_tree(ttree) -> tuple[dict[str, Branch], dict[str, str], dict[str, str]]:
-    """The numeric branches of ``ttree`` with their collections, the others, and the counters.
+    """The numeric branches of ``ttree`` (a TTree or an RNTuple) with their collections, the
+    others, and the counters.
 
     Returns (numeric branches by name, non-numeric branch -> its type name,
     counter branch -> the collection it counts).
+
+    A split object (a struct, a ``std::vector`` of structs) keeps its values in sub-branches,
+    named here by their full path, as uproot does (``Info/pfMET``, ``Lep/Lep.pt``); the
+    jagged sub-branches of one object form a collection named after it (``Lep``). An RNTuple's
+    top-level fields of numbers, or of lists of numbers, are read like branches.
     """
     jagged: dict[str, list[str]] = {}  # counter (or the branch itself) -> jagged branches
     numeric: dict[str, tuple[str, bool, str]] = {}
     other: dict[str, str] = {}
-    for tbranch in ttree.branches:
-        interp = tbranch.interpretation
-        content = interp.content if isinstance(interp, uproot.AsJagged) else interp
-        if not (isinstance(content, uproot.AsDtype) and content.to_dtype.kind in "biuf"
-                and not content.to_dtype.shape):
-            other[tbranch.name] = tbranch.typename
+    leaves = _rntuple_fields(ttree) if isinstance(ttree, uproot.behaviors.RNTuple.RNTuple) \
+        else _tree_leaves(ttree)
+    for path, kind in leaves:
+        if isinstance(kind, str):
+            other[path] = kind
             continue
-        is_jagged = isinstance(interp, uproot.AsJagged)
-        counter = tbranch.count_branch.name if is_jagged and tbranch.count_branch is not None \
-            else tbranch.name
-        numeric[tbranch.name] = (content.to_dtype.name, is_jagged, counter)
-        if is_jagged:
-            jagged.setdefault(counter, []).append(tbranch.name)
+        numeric[path] = kind
+        if kind[1]:
+            jagged.setdefault(kind[2], []).append(path)
     names = {counter: _collection_name(counter, members) for counter, members in jagged.items()}
     branches = {
         name: Branch(name, dtype, is_jagged, names[counter] if is_jagged else name)
@@ -103,10 +105,55 @@ def describe_tree(ttree) -> tuple[dict[str, Branch], dict[str, str], dict[str, s
     return branches, other, counters
 
 
+def _tree_leaves(ttree) -> Iterator[tuple[str, tuple[str, bool, str] | str]]:
+    """(path, (dtype, jagged, counter)) for each numeric leaf branch, (path, type name) for
+    the others."""
+    for path, tbranch in ttree.iteritems(recursive=True, full_paths=True):
+        if tbranch.branches:
+            subs = ", ".join(tbranch.keys(recursive=True, full_paths=True))
+            yield path, f"{tbranch.typename}, split into the sub-branches {path}/{subs}"
+            continue
+        interp = tbranch.interpretation
+        content = interp.content if isinstance(interp, uproot.AsJagged) else interp
+        if not (isinstance(content, uproot.AsDtype) and content.to_dtype.kind in "biuf"
+                and not content.to_dtype.shape):
+            yield path, tbranch.typename
+            continue
+        is_jagged = isinstance(interp, uproot.AsJagged)
+        if is_jagged and "/" in path:  # uproot gives a split vector's first member as counter
+            counter = path.split("/", 1)[0]
+        elif is_jagged and tbranch.count_branch is not None:
+            counter = tbranch.count_branch.name
+        else:
+            counter = path
+        yield path, (content.to_dtype.name, is_jagged, counter)
+
+
+def _rntuple_fields(rntuple) -> Iterator[tuple[str, tuple[str, bool, str] | str]]:
+    """Like :func:`_tree_leaves`, for the top-level fields of an RNTuple (from their types, read
+    from zero entries). A field of lists has no counter: it counts itself."""
+    form = rntuple.arrays(entry_stop=0).type.content
+    for name, kind in zip(form.fields, form.contents, strict=True):
+        jagged = isinstance(kind, ak.types.ListType)
+        content = kind.content if jagged else kind
+        if isinstance(content, ak.types.NumpyType) and np.dtype(content.primitive).kind in "biuf":
+            yield name, (np.dtype(content.primitive).name, jagged, name)
+        else:
+            yield name, str(kind)
+
+
 def _collection_name(counter: str, members: Sequence[str]) -> str:
-    """``Jet`` for ``Jet_pt, Jet_eta``; the counter's name when the members share no prefix."""
+    """``Jet`` for ``Jet_pt, Jet_eta``; the counter's name when the members share no prefix
+    (and the split object's, for its sub-branches ``Lep/Lep.pt``, ``Lep/Lep.eta``)."""
+    if "/" in members[0]:  # sub-branches: their counter is the split object
+        return counter
     prefixes = {m.split("_", 1)[0] for m in members}
     return prefixes.pop() if len(prefixes) == 1 else counter
+
+
+def field(name: str) -> str:
+    """The field uproot reads a branch into: a sub-branch's own name, without its path."""
+    return name.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -284,7 +331,7 @@ class _Values:
         branch = prep.branches[name]
         if stage > RAW and name in prep.counters and prep.counters[name] in prep.objects:
             return ak.sum(self.mask(prep.counters[name]), axis=1)
-        value = self.events[name]
+        value = self.events[field(name)]
         if branch.jagged and stage > RAW:
             if branch.collection in prep.objects:
                 value = value[self.mask(branch.collection)]
@@ -448,7 +495,7 @@ def _select_features(config: Config, prep: Preprocess, other: Mapping[str, str],
             raise HepdaskError(missing_branch(pattern, names, source, "features.branches"))
     explicit = {p for p in patterns if not glob.has_magic(p)}
     leaks = _label_and_weight_inputs(config.samples, prep)
-    selected, notes = [], []
+    selected, notes, hidden = [], [], {}
     for name in names:
         if not any(fnmatch.fnmatchcase(name, p) for p in patterns) \
                 or any(fnmatch.fnmatchcase(name, p) for p in exclude):
@@ -460,11 +507,13 @@ def _select_features(config: Config, prep: Preprocess, other: Mapping[str, str],
                     "and cannot be a feature: remove it from features.branches."
                 )
             notes.append(f"Skipping branch {name!r} ({other[name]}): not numeric.")
-        elif name in leaks:
-            if name in explicit:
-                notes.append(f"Not using {name!r} as a feature: it defines a label or weight.")
+        elif (why := _reveals(name, leaks, prep)) is not None:
+            hidden.setdefault(why, []).append(name)
         else:
             selected.append(name)
+    notes += [f"Not using {', '.join(map(repr, left))} as "
+              f"{'features' if len(left) > 1 else 'a feature'}: {why}."
+              for why, left in hidden.items()]
     jagged = {prep.branches[n].collection for n in selected if prep.branches[n].jagged}
     for counter, collection in prep.counters.items():
         spec = config.features.collections.get(collection)
@@ -475,22 +524,53 @@ def _select_features(config: Config, prep: Preprocess, other: Mapping[str, str],
     if not selected:
         raise HepdaskError(
             f"features.branches {list(patterns)} minus features.exclude {list(exclude)} leaves "
-            f"no numeric branch in {source}."
+            f"no numeric branch in {source}.{''.join(f' {n}' for n in notes)}"
         )
     return selected, notes
 
 
-def _label_and_weight_inputs(samples: Iterable[SampleConfig], prep: Preprocess) -> set[str]:
-    """Names a label or weight is computed from (through derived branches): never features."""
-    out: set[str] = set()
-    todo = [n for s in samples for e in prep._sample_expressions(s.name) for n in e.names]
-    while todo:
-        name = todo.pop()
-        if name not in out:
-            out.add(name)
-            if name in prep.derived:
-                todo += prep.derived[name].names
+def _label_and_weight_inputs(samples: Iterable[SampleConfig], prep: Preprocess) -> dict[str, str]:
+    """Every name a label or weight is computed from (through derived branches), with the
+    config key and expression that use it: what the features must not reveal."""
+    out: dict[str, str] = {}
+    for sample in samples:
+        for key in ("label", "weight"):
+            expression = getattr(prep, f"{key}s")[sample.name]
+            if not isinstance(expression, Expression):
+                continue
+            todo = list(expression.names)
+            while todo:
+                name = todo.pop()
+                if name not in out:
+                    out[name] = f"samples.{sample.name}.{key} = {expression.text!r}"
+                    todo += prep.derived[name].names if name in prep.derived else []
     return out
+
+
+def _reveals(name: str, leaks: Mapping[str, str], prep: Preprocess) -> str | None:
+    """Why the feature ``name`` would reveal a label or weight (see
+    :func:`_label_and_weight_inputs`), or None.
+
+    It does when a label or weight is computed from it, or from a collection it belongs to:
+    counting or reading a collection's objects (``NMuon >= 2``, ``any(Jet_btag > 0.5)``) makes
+    every column of the collection a leak, since its slots, count and mask columns all tell
+    how many objects an event has. A derived branch reveals what it is computed from.
+    """
+    if name in leaks:
+        return f"{leaks[name]} is computed from it"
+    branch = prep.branches[name]
+    if branch.jagged:
+        for used, source in leaks.items():
+            used_branch = prep.branches[used]
+            of = prep.counters.get(used, used_branch.collection if used_branch.jagged else None)
+            if of == branch.collection:
+                return (f"{source} is computed from {used!r}, so the columns of the "
+                        f"{branch.collection!r} collection (its objects, slots, count and mask) "
+                        "would reveal it")
+    for used in prep.derived[name].names if name in prep.derived else ():
+        if (why := _reveals(used, leaks, prep)) is not None:
+            return f"it is computed from {used!r}, and {why}"
+    return None
 
 
 def missing_branch(name: str, available: Sequence[str], path: str, key: str) -> str:

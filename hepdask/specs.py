@@ -30,13 +30,13 @@ from .config import SplitConfig
 from .dataset import Dataset, Partition, ReadError, split_codes
 from .errors import HepdaskError
 from .outputs import write_json
-from .preprocess import Branch, Events
+from .preprocess import Branch, Events, Preprocess
 from .progress import compute
 
 __all__ = ["BranchSpec", "ClassSpec", "SampleSpec", "Specs", "cached_specs", "compute_specs",
            "load_or_compute_specs"]
 
-SPECS_VERSION = 3
+SPECS_VERSION = 4
 
 
 @dataclass
@@ -125,15 +125,19 @@ class BranchSpec:
 
 @dataclass
 class SampleSpec:
-    """The cut flow of one sample: events read, events kept and their total weight."""
+    """The cut flow of one sample: events read, events kept and their total weight, and the
+    kept events whose weight is not finite or negative (which no engine can train with)."""
 
     events: int = 0  # kept by the event selection
     weight_sum: float = 0.0  # of the kept events
     read: int = 0
+    weight_nonfinite: int = 0
+    weight_negative: int = 0
 
     def merge(self, other: SampleSpec) -> SampleSpec:
         return SampleSpec(self.events + other.events, self.weight_sum + other.weight_sum,
-                          self.read + other.read)
+                          self.read + other.read, self.weight_nonfinite + other.weight_nonfinite,
+                          self.weight_negative + other.weight_negative)
 
 
 @dataclass
@@ -232,6 +236,7 @@ def compute_specs(dataset: Dataset, *, client=None, events: dict[str, list] | No
     (branches, samples, classes, partitions, errors), = compute(client, _tree_merge(partials))
     for sample in dataset.samples:
         samples.setdefault(sample.name, SampleSpec())
+    _check_weights(samples, dataset.preprocess)
     read_errors = list(dataset.skipped) + [
         ReadError(s.name, part.file, errors[(s.name, i)], part.start, part.stop, i)
         for s in dataset.samples for i, part in enumerate(s.partitions) if (s.name, i) in errors
@@ -279,7 +284,10 @@ def _partition_specs(events: Events, branches: Iterable[Branch], sentinel: float
             multiplicity = np.bincount(ak.to_numpy(ak.num(column, axis=1))).tolist()
             column = ak.flatten(column, axis=1)
         out[branch.name] = _summarise(branch, ak.to_numpy(column), sentinel, multiplicity)
-    sample = {partition.sample: SampleSpec(len(events), float(events.weight.sum()), events.read)}
+    weight = events.weight
+    sample = {partition.sample: SampleSpec(len(events), float(weight.sum()), events.read,
+                                           int((~np.isfinite(weight)).sum()),
+                                           int((weight < 0).sum()))}
     classes = {
         int(label): ClassSpec(int(n), float(w))
         for label, n, w in zip(*_class_sums(events.label, events.weight), strict=True)
@@ -288,6 +296,36 @@ def _partition_specs(events: Events, branches: Iterable[Branch], sentinel: float
     counts = {(partition.sample, index): np.bincount(codes, minlength=3).tolist()}
     errors = {(partition.sample, index): events.error} if events.error else {}
     return out, sample, classes, counts, errors
+
+
+def _check_weights(samples: dict[str, SampleSpec], prep: Preprocess) -> None:
+    """Stop at the first sample whose weight expression gives NaN, ±inf or negative weights.
+
+    XGBoost refuses such weights (after a worker's traceback, blaming its parameters) and the
+    evaluation's weighted ROC AUC (scikit-learn's) is not defined with negative ones, so they
+    stop every engine here, with the expression and the count.
+    """
+    for name, spec in samples.items():
+        bad = {"NaN or ±inf": spec.weight_nonfinite, "negative": spec.weight_negative}
+        what, count = next(((k, v) for k, v in bad.items() if v), (None, 0))
+        if not count:
+            continue
+        head = (f"Config key samples.{name}.weight: the expression {prep.weights[name].text!r} "
+                f"gives {what} weights for {count} of the {spec.events} selected events of "
+                f"sample {name!r}.")
+        if what == "negative":
+            raise HepdaskError(
+                f"{head} hepdask cannot use negative weights (as NLO generators give) yet: "
+                "XGBoost refuses them in training, and the evaluation's weighted ROC AUC (of "
+                "every engine, with use_weights = false too) is not defined with them. Select "
+                "those events away (selection.events, e.g. \"genWeight > 0\"), or train with "
+                "abs(...) of the weight (an approximation: it changes the weighted distributions)."
+            )
+        raise HepdaskError(
+            f"{head} Every event needs a finite weight: fix the expression (guard a log, sqrt "
+            "or division against its bad inputs), or select those events away with "
+            "selection.events."
+        )
 
 
 def _class_sums(labels: np.ndarray, weights: np.ndarray):

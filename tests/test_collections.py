@@ -74,7 +74,7 @@ def _unit_specs(dataset):
     """Specs that leave values unnormalised and give every collection its largest multiplicity."""
     from hepdask.specs import BranchSpec, Specs
 
-    return Specs("", {b.name: BranchSpec(b.name, b.jagged, multiplicity=[1] * 10)
+    return Specs("", {b.name: BranchSpec(b.name, b.jagged, count=1, multiplicity=[1] * 10)
                       for b in dataset.branches}, {})
 
 
