@@ -147,8 +147,9 @@ def test_an_explicit_binary_objective_with_three_classes_is_refused():
 
 
 def hzz_config(tmp_path, **train) -> object:
-    """Two classes of the real HZZ sample, whose event weights are about 0.007: a label the
-    muon features give away, so only the weights can stop a model from learning it."""
+    """Two classes of the real HZZ sample, whose event weights are about 0.007. The label's
+    muon inputs are left out of the features (no leak); MET and NJet still carry a real,
+    modest separation (AUC about 0.64), which the tiny weights hid entirely (AUC 0.5)."""
     return from_dict({
         "name": "hzz", "output": str(tmp_path),
         "samples": [{"name": "hzz", "label": "where(NMuon >= 2, 1, 0)", "weight": "EventWeight",
@@ -163,7 +164,7 @@ def hzz_config(tmp_path, **train) -> object:
 
 def test_hzz_with_tiny_weights_learns_and_records_the_weight_factors(tmp_path, client):
     metrics = Pipeline(hzz_config(tmp_path), client=client, progress=False).run()
-    assert metrics["auc"] > 0.95 and metrics["best_iteration"] > 0  # 0.5 and 0 before
+    assert metrics["auc"] > 0.6 and metrics["best_iteration"] > 0  # 0.5 and 0 before
     recorded = json.loads((tmp_path / "hzz" / "metrics.json").read_text())
     factors = recorded["training_weights"]["class_factors"]
     assert set(factors) == {"0", "1"} and min(factors.values()) > 50  # weights ~ 0.007 -> ~ 1

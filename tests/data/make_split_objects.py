@@ -5,7 +5,7 @@ file was made once with ROOT (``pip install root``, ROOT 6.40) and is kept besid
 ``python tests/data/make_split_objects.py`` (from a scratch directory: ROOT leaves its
 ``AutoDict_*`` files in the current one). Its tree ``events`` has a struct branch ``Info``
 (sub-branches ``Info/pfMET``, ``Info/evtNum``), a ``std::vector<Lep>`` branch ``Lep``
-(sub-branches ``Lep/Lep.pt``, ``Lep/Lep.eta``: one value per lepton) and a plain ``mass``.
+(sub-branches ``Lep/Lep.pt``, ``Lep/Lep.eta``: one value per lepton) and a plain ``mass`` that follows ``pfMET``.
 """
 
 import array
@@ -26,7 +26,9 @@ tree.Branch("Info", info, 32000, 99)
 tree.Branch("Lep", leps, 32000, 99)
 tree.Branch("mass", mass, "mass/F")
 for entry in range(300):
-    info.pfMET, info.evtNum, mass[0] = random.expovariate(1 / 30), entry, random.gauss(110, 20)
+    # mass follows pfMET, so that a label on mass can be learned from the split objects
+    info.pfMET, info.evtNum = random.expovariate(1 / 30), entry
+    mass[0] = 80 + info.pfMET + random.gauss(0, 10)
     leps.clear()
     for _ in range(random.randint(0, 3)):
         lep = ROOT.Lep()
