@@ -93,7 +93,7 @@ def test_sklearn_engine_trains_and_saves(tmp_path, toy_data, client):
 def test_a_wrong_model_file_gives_a_clear_error(tmp_path, toy_data, client, source, spec, message):
     if source is not None:
         (tmp_path / "model.py").write_text(textwrap.dedent(source))
-    pipe = pipeline(tmp_path, toy_data, "train.engine='keras'",
-                    f"train.keras.model='{tmp_path / spec}'")
-    with pytest.raises(HepdaskError, match=message):
+    with pytest.raises(HepdaskError, match=message):  # a missing file or function: at load
+        pipe = pipeline(tmp_path, toy_data, "train.engine='keras'",
+                        f"train.keras.model='{tmp_path / spec}'")
         pipe.train(client=client)
