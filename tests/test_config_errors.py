@@ -302,3 +302,10 @@ def test_known_xgboost_params_pass_and_the_check_can_be_turned_off(toy_data):
     # only the xgboost engine's parameters are checked
     raw["train"] = {"engine": "sklearn", "xgboost": {"params": {"max_dept": 4}}}
     from_dict(raw)
+
+
+def test_mlaas4hep_model_file_is_checked_before_any_work(toy_data, tmp_path):
+    (tmp_path / "files.txt").write_text(f"{toy_data['dir']}/sig_0.root\n{toy_data['dir']}/bkg_0.root\n")
+    result = cli(["run", "--mlaas4hep", "--files", str(tmp_path / "files.txt"), "--labels", "1,0",
+                  "--model", str(tmp_path / "nomodel.py")], cwd=tmp_path)
+    assert_refused_up_front(result, tmp_path, "--model", "nomodel.py", "does not exist")
