@@ -238,7 +238,8 @@ class XGBoostConfig:
                         low_open=True)
         check_range("train.xgboost.num_boost_round", self.num_boost_round, low=1)
         if self.early_stopping_rounds is not None:
-            check_range("train.xgboost.early_stopping_rounds", self.early_stopping_rounds, low=1)
+            # 0, like unset, trains every round
+            check_range("train.xgboost.early_stopping_rounds", self.early_stopping_rounds, low=0)
         check_function_spec("train.xgboost.model", self.model, "an xgboost.XGBClassifier")
 
 
