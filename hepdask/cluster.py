@@ -139,7 +139,8 @@ def _address(config: ClusterConfig) -> Connection:
 
 def _gateway(config: ClusterConfig) -> Connection:
     """A new dask-gateway cluster (scaled or adaptive), or a running one joined by name."""
-    dask_gateway = _import_gateway()
+    import dask_gateway  # installed: ClusterConfig checks it
+
     settings = config.gateway
     gateway = dask_gateway.Gateway(
         address=settings.address, proxy_address=settings.proxy_address,
@@ -205,17 +206,6 @@ def _leave(cluster, shutdown: bool) -> None:
         log.info("dask-gateway cluster %s keeps running; join it again with "
                  "cluster.gateway.cluster_name = %r", cluster.name, cluster.name)
     cluster.gateway.__dict__.pop("_loop_runner", None)  # see _close_gateway
-
-
-def _import_gateway():
-    try:
-        import dask_gateway
-    except ImportError:
-        raise HepdaskError(
-            'cluster.kind = "gateway" needs the dask-gateway client: pip install '
-            "'hepdask[gateway]' (the same version as the gateway server, if you can)."
-        ) from None
-    return dask_gateway
 
 
 def _gateway_auth(settings: GatewayConfig):

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import glob
+import importlib.util
+import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -20,6 +24,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from .errors import HepdaskError
+from .usercode import check_function_file, import_class
 
 __all__ = [
     "ClusterConfig",
@@ -245,6 +250,7 @@ class XGBoostConfig:
     early_stopping_rounds: int | None = 20
     scale_pos_weight: float | str = "auto"  # "auto": background/signal weight ratio
     use_weights: bool = True
+    check_params: bool = True  # params names and objective/metric/method values, against XGBoost's
     params: dict[str, Any] = field(
         default_factory=lambda: {
             "objective": "binary:logistic",
@@ -261,6 +267,13 @@ class XGBoostConfig:
                 f"Config key train.xgboost.scale_pos_weight is {self.scale_pos_weight!r}: give a "
                 "number or \"auto\" (sum of background weights / sum of signal weights)."
             )
+        if not isinstance(self.scale_pos_weight, str):
+            check_range("train.xgboost.scale_pos_weight", self.scale_pos_weight, low=0,
+                        low_open=True)
+        check_range("train.xgboost.num_boost_round", self.num_boost_round, low=1)
+        if self.early_stopping_rounds is not None:
+            # 0, like unset, trains every round
+            check_range("train.xgboost.early_stopping_rounds", self.early_stopping_rounds, low=0)
         check_function_spec("train.xgboost.model", self.model, "an xgboost.XGBClassifier")
 
 
@@ -302,6 +315,12 @@ class KerasConfig:
                             "a compiled keras.Model, given the number of input features")
         if self.epochs < 1:
             raise HepdaskError(f"Config key train.keras.epochs is {self.epochs}: it must be >= 1.")
+        for i, width in enumerate(self.hidden):
+            check_range(f"train.keras.hidden.{i}", width, low=1)
+        check_range("train.keras.dropout", self.dropout, low=0, high=1, high_open=True)
+        check_range("train.keras.learning_rate", self.learning_rate, low=0, low_open=True)
+        if self.patience is not None:
+            check_range("train.keras.patience", self.patience, low=0)
 
 
 @dataclass(frozen=True)
@@ -313,6 +332,18 @@ class SklearnConfig:
     params: dict[str, Any] = field(default_factory=lambda: {"loss": "log_loss"})
     epochs: int = 5
 
+    def __post_init__(self) -> None:
+        check_range("train.sklearn.epochs", self.epochs, low=1)
+
+    def check_estimator(self) -> None:
+        """The file of a ``"file.py:function"``, or the class of an import path (imported)."""
+        key = "train.sklearn.estimator"
+        if ":" in self.estimator:
+            check_function_spec(key, self.estimator, "a scikit-learn estimator")
+            check_function_file(self.estimator, key)
+        else:
+            import_class(self.estimator, key)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -323,7 +354,23 @@ class TrainConfig:
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
+        """The engine's own model file, class or parameters, and the packages it needs; not
+        those of the engines not used."""
         _check_choice("train.engine", self.engine, ENGINES)
+        if self.engine == "xgboost":
+            if self.xgboost.model is not None:
+                check_function_file(self.xgboost.model, "train.xgboost.model")
+            elif self.xgboost.check_params:
+                check_xgboost_params(self.xgboost.params, "train.xgboost.params")
+        elif self.engine == "keras":
+            require(("tensorflow", "keras"), 'train.engine = "keras" needs TensorFlow and '
+                    "Keras 3 (modules tensorflow and keras), which are not installed. Install "
+                    "them with: pip install 'hepdask[keras]' (tensorflow-cpu; use tensorflow on "
+                    "a GPU machine).")
+            if self.keras.model is not None:
+                check_function_file(self.keras.model, "train.keras.model")
+        else:
+            self.sklearn.check_estimator()
 
 
 CLUSTER_KINDS = ("local", "address", "gateway")
@@ -365,6 +412,12 @@ class GatewayConfig:
                 f"cluster.gateway.adapt_minimum ({self.adapt_minimum}) must be between 0 and "
                 f"adapt_maximum ({self.adapt_maximum})."
             )
+        if self.adapt_maximum is not None:
+            check_range("cluster.gateway.adapt_maximum", self.adapt_maximum, low=1)
+        check_range("cluster.gateway.workers", self.workers, low=1)
+        for key in ("worker_cores", "worker_memory", "timeout"):
+            if getattr(self, key) is not None:
+                check_range(f"cluster.gateway.{key}", getattr(self, key), low=0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -387,6 +440,17 @@ class ClusterConfig:
                 'cluster.kind = "address" needs cluster.address (e.g. "tcp://10.0.0.1:8786") '
                 "or --scheduler ADDRESS."
             )
+        if self.kind == "gateway":
+            require(("dask_gateway",), 'cluster.kind = "gateway" needs the dask-gateway '
+                    "client, which is not installed: pip install 'hepdask[gateway]' (the same "
+                    "version as the gateway server, if you can).")
+        if self.n_workers is not None:
+            check_range("cluster.n_workers", self.n_workers, low=1)
+        check_range("cluster.threads_per_worker", self.threads_per_worker, low=1)
+        _check_memory("cluster.memory_limit", self.memory_limit)
+        _check_port("cluster.dashboard_address", self.dashboard_address, low=0)
+        if self.address:
+            _check_port("cluster.address", self.address, low=1)
 
 
 @dataclass(frozen=True)
@@ -399,6 +463,9 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         for metric in self.metrics:
             _check_choice("evaluate.metrics", metric, EXTRA_METRICS)
+        check_range("evaluate.ams_breg", self.ams_breg, low=0)
+        check_range("evaluate.top_fraction", self.top_fraction, low=0, high=1, low_open=True)
+        check_range("evaluate.bins", self.bins, low=1)
 
 
 def check_function_spec(key: str, spec: str | None, returns: str) -> None:
@@ -408,6 +475,133 @@ def check_function_spec(key: str, spec: str | None, returns: str) -> None:
             f"Config key {key} is {spec!r}: write it as \"path/to/file.py:function\", a "
             f"function returning {returns}."
         )
+
+
+def check_range(key: str, value: float, *, low: float, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """``value`` within [low, high] (an open end excludes its bound), else a message naming the
+    key, the value and the range."""
+    ok = (value > low if low_open else value >= low) and (
+        high is None or (value < high if high_open else value <= high))
+    if ok:
+        return
+    if high is None:
+        wanted = f"greater than {low}" if low_open else f"at least {low}"
+    elif low_open:
+        wanted = f"greater than {low} and {'below' if high_open else 'at most'} {high}"
+    else:
+        wanted = f"from {low} to {'below ' if high_open else ''}{high}"
+    raise HepdaskError(f"Config key {key} is {value!r}: it must be {wanted}.")
+
+
+def require(modules: Sequence[str], message: str) -> None:
+    """Raise ``message`` unless every module can be imported: found (``find_spec``), not
+    imported, so checking costs nothing."""
+    if any(importlib.util.find_spec(module) is None for module in modules):
+        raise HepdaskError(message)
+
+
+def _check_protocol(url: str, key: str) -> None:
+    """The packages reading a ``root://`` or ``http(s)://`` file are installed."""
+    if url.startswith("root://"):
+        modules = ("fsspec_xrootd", "XRootD")
+    elif url.startswith(("http://", "https://")):
+        modules = ("aiohttp",)
+    else:
+        return
+    from .dataset import _missing_protocol
+
+    require(modules, _missing_protocol(url, key))
+
+
+def _check_memory(key: str, value: str) -> None:
+    """"auto", or an amount of memory Dask reads (e.g. "4GiB")."""
+    if value == "auto":
+        return
+    from dask.utils import parse_bytes
+
+    try:
+        ok = parse_bytes(value) > 0
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise HepdaskError(
+            f"Config key {key} is {value!r}: give the memory of each worker, e.g. \"4GiB\" or "
+            "\"1500MB\", or \"auto\" (the machine's memory shared among the workers)."
+        )
+
+
+def _check_port(key: str, address: str, *, low: int) -> None:
+    """The port of ``"host:port"`` or ``"tcp://host:port"``, when there is one."""
+    port = address.rpartition(":")[2]
+    if address.count(":") > address.count("://") and port.isdigit() and not low <= int(port) <= 65535:
+        raise HepdaskError(
+            f"Config key {key} is {address!r}: its port {port} must be from {low} to 65535."
+        )
+
+
+XGBOOST_SHAPE = ("booster", "objective", "tree_method", "eval_metric", "num_class")
+
+
+def check_xgboost_params(params: Mapping[str, Any], where: str) -> None:
+    """Every name of ``params`` is one XGBoost knows for this booster and objective, and the
+    values of the keys that decide them (booster, objective, tree method, metrics) are valid,
+    so that a misspelt parameter does not train with XGBoost's default and a mere warning.
+
+    The names come from XGBoost itself: the configuration of a booster built with those keys
+    (:func:`_xgboost_names`, 30 ms once xgboost is imported, which training does anyway)."""
+    shape = {k: params[k] for k in XGBOOST_SHAPE if k in params}
+    if str(shape.get("objective", "")).startswith("multi:"):
+        shape.setdefault("num_class", 2)  # as training does for two classes
+    known = _xgboost_names(json.dumps(shape, sort_keys=True))
+    if isinstance(known, str):  # XGBoost refused one of the shaping values: find which
+        for key, value in shape.items():
+            error = _xgboost_names(json.dumps({key: value} | (
+                {"num_class": shape["num_class"]} if key == "objective" and "num_class" in shape
+                else {})))
+            if isinstance(error, str):
+                break
+        else:
+            key, value, error = "", shape, known
+        candidates = re.findall(r"candidate: (\S+)", error)
+        close = difflib.get_close_matches(str(value), candidates, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise HepdaskError(
+            f"Config key {_join(where, key)} is {value!r}, which XGBoost refuses: "
+            f"{error.splitlines()[0]}.{hint}"
+        )
+    for key in params:
+        if key not in known:
+            raise HepdaskError(
+                f"{_unknown_key(key, where, sorted(known))} If XGBoost takes it (a newer "
+                "parameter, or one hepdask cannot see), set train.xgboost.check_params = false."
+            )
+
+
+@functools.lru_cache(maxsize=16)
+def _xgboost_names(shape: str) -> frozenset[str] | str:
+    """The parameter names of an XGBoost booster configured with the JSON ``shape``, or
+    XGBoost's error (first line, without its log prefix) when it refuses them."""
+    import numpy as np
+    import xgboost
+
+    data = xgboost.DMatrix(np.zeros((2, 1), dtype=np.float32), label=[0, 1])
+    try:
+        config = json.loads(xgboost.Booster(json.loads(shape), [data]).save_config())
+    except (xgboost.core.XGBoostError, TypeError, ValueError) as err:
+        lines = [re.sub(r"^\[[\d:]+\] \S+: ", "", line) for line in str(err).splitlines()]
+        return "\n".join(line for line in lines if line.strip() and "[bt]" not in line)
+    names = {"eval_metric", "verbosity"}  # not part of a booster's configuration
+
+    def walk(node: Any) -> None:
+        for key, value in (node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(value, dict | list):
+                walk(value)
+            elif isinstance(value, str) and key != "name":
+                names.add(key)
+
+    walk(config["learner"])
+    return frozenset(names)
 
 
 @dataclass(frozen=True)
@@ -438,6 +632,12 @@ class Config:
         if len(set(names)) != len(names):
             raise HepdaskError(f"Sample names must be unique; the config has {names}.")
         self.prepare.check_read_by(self.samples)
+        for sample in self.samples:
+            for pattern in sample.files:
+                if pattern.startswith("/store/") and self.data.redirector:
+                    _check_protocol(self.data.redirector, "data.redirector")
+                else:
+                    _check_protocol(pattern, f"samples.{sample.name}.files")
 
     @property
     def run_dir(self) -> Path:

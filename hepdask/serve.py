@@ -3,7 +3,8 @@
 Clients send raw branch values, as in the ROOT files (jagged branches as lists); the
 service applies the model's own feature transformation (:meth:`Bundle.score`), so a score
 is the one ``hepdask predict`` writes for the same event. Built on FastAPI and uvicorn; the
-OpenAPI schema is served at ``/openapi.json`` and browsable at ``/docs``.
+OpenAPI schema is served at ``/openapi.json`` and browsable at ``/docs`` (both behind the token,
+when there is one).
 
 * ``GET /health``: liveness, and the models served (never needs the token);
 * ``GET /models``: each model's engine, classes, input branches and types;
@@ -13,8 +14,10 @@ OpenAPI schema is served at ``/openapi.json`` and browsable at ``/docs``.
   event (or ``values`` as a list of rows) → the class probabilities, so TFaaS and MLaaS4HEP
   clients work unchanged.
 
-Bad requests get a 4xx answer with ``{"error": message}``; the service keeps serving. With a
-token (``--token-file``) every endpoint but ``/health`` wants ``Authorization: Bearer TOKEN``.
+Bad requests get a 4xx answer with ``{"error": message}``; the service keeps serving. Bodies are
+strict JSON (``null``, not ``NaN``, for a missing value), parsed within Python's limits on
+digits and nesting. With a token (``--token-file``) every endpoint but ``/health``, the schema
+and ``/docs`` included, wants ``Authorization: Bearer TOKEN``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,6 +40,7 @@ from .errors import HepdaskError
 try:
     import fastapi
     import uvicorn
+    from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import JSONResponse, Response
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from pydantic import BaseModel, Field
@@ -135,7 +140,7 @@ def make_app(bundles: Mapping[str, Bundle], *, token: str | None = None,
     app = fastapi.FastAPI(
         title="hepdask inference service",
         description="Scores of trained hepdask models for events given as raw branch values.",
-        version=_version(),
+        version=_version(), docs_url=None, redoc_url=None, openapi_url=None,  # added below
     )
 
     @app.exception_handler(RequestError)
@@ -148,6 +153,17 @@ def make_app(bundles: Mapping[str, Bundle], *, token: str | None = None,
         log.exception("Request to %s failed", request.url.path)
         return JSONResponse({"error": f"internal error: {type(err).__name__}: {err}"},
                             status_code=500)
+
+    # The schema and its browsable page say what the models take: behind the token too. A
+    # browser cannot send the header, so with a token /docs is for tools that can (or for a
+    # service without one, on loopback); curl fetches /openapi.json.
+    @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=protected, include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
     @app.get("/health", summary="Liveness and the models served")
     async def health() -> dict:
@@ -201,9 +217,18 @@ def _too_large(size: int, limit: int) -> str:
 
 
 def _parse(body: bytes) -> dict:
+    """The body as a JSON object, parsed with limits: strict JSON (no NaN or Infinity), and
+    Python's own bounds on integer digits and nesting depth, each a 422 with its reason."""
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        data = json.loads(body, parse_constant=_not_json)
+    except RecursionError:
+        raise RequestError("The body nests arrays or objects too deeply (hundreds of levels): "
+                           "events are records of numbers or lists of numbers.") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, too many digits, NaN
+        if "integer string conversion" in str(err):
+            raise RequestError(f"The body has an integer of more than "
+                               f"{sys.get_int_max_str_digits()} digits, which no branch can "
+                               "hold.") from None
         raise RequestError(f"The body is not valid JSON: {err}.") from None
     if not isinstance(data, dict):
         raise RequestError("The body must be a JSON object, e.g. {\"model\": ..., "
@@ -211,7 +236,13 @@ def _parse(body: bytes) -> dict:
     return data
 
 
+def _not_json(literal: str):
+    raise ValueError(f"{literal} is not a JSON number; send null for a missing value")
+
+
 def _bundle(bundles: Mapping[str, Bundle], name: Any) -> tuple[str, Bundle]:
+    if name is not None and not isinstance(name, str):
+        raise RequestError(f"\"model\" must be a model's name (a string), not {_show([name])}.")
     if name is None:
         if len(bundles) == 1:
             return next(iter(bundles.items()))
@@ -252,6 +283,8 @@ def _tfaas(bundles: Mapping[str, Bundle], body: bytes, max_events: int) -> bytes
         raise RequestError("A /json request has \"keys\" (branch names) and \"values\" (one "
                            "value per key, or a list of such rows), as TFaaS takes them.")
     _, bundle = _bundle(bundles, data.get("model"))
+    if not all(isinstance(k, str) for k in keys):
+        raise RequestError("\"keys\" must be branch names (strings).")
     branches = bundle.preprocess.branches
     jagged = [k in branches and branches[k].jagged for k in keys]
     single = len(values) == len(keys) and all(
@@ -326,19 +359,34 @@ def _column(name: str, values: list, branch) -> ak.Array | np.ndarray:
         if branch.jagged:
             if not all(isinstance(v, list) for v in values):
                 raise TypeError
-            flat = np.asarray([x for v in values for x in v], dtype=np.float64)
+            flat = _numbers([x for v in values for x in v])
             array = np.asarray(flat, dtype=dtype) if dtype.kind != "f" else flat
             _check_values(flat, array, dtype)
-            return ak.unflatten(array.astype(dtype), [len(v) for v in values])
-        flat = np.asarray(values, dtype=np.float64)
-        if flat.ndim != 1:
-            raise TypeError
-        array = flat.astype(dtype)
-        _check_values(flat, array, dtype)
-        return array
-    except (TypeError, ValueError):
+            array = array.astype(dtype)
+            counts = [len(v) for v in values]
+        else:
+            flat = _numbers(values)
+            if flat.ndim != 1:
+                raise TypeError
+            array = flat.astype(dtype)
+            _check_values(flat, array, dtype)
+    except (TypeError, ValueError, OverflowError):
         raise RequestError(f"{name!r} must hold {wanted} (as in the ROOT files); got "
                            f"{_show(values)}.") from None
+    if dtype.kind == "f" and np.isinf(array).any():
+        raise RequestError(f"{name!r} holds a number beyond the range of {dtype} (e.g. 1e400): "
+                           "send the values as in the ROOT files.")
+    return ak.unflatten(array, counts) if branch.jagged else array
+
+
+def _numbers(values: list) -> np.ndarray:
+    """``values`` as float64, refusing strings (NumPy would read "1.5" as a number); null is
+    NaN, a missing value."""
+    raw = np.asarray(values)
+    if raw.dtype.kind in "USV" or (raw.dtype.kind == "O" and any(isinstance(v, str | dict)
+                                                                  for v in values)):
+        raise TypeError
+    return raw.astype(np.float64, copy=False)
 
 
 def _check_values(flat: np.ndarray, array: np.ndarray, dtype: np.dtype) -> None:
@@ -349,7 +397,10 @@ def _check_values(flat: np.ndarray, array: np.ndarray, dtype: np.dtype) -> None:
 def _show(values: list) -> str:
     bad = next((v for v in values if not isinstance(v, int | float) or isinstance(v, bool)),
                values[:1])
-    text = json.dumps(bad)
+    try:
+        text = json.dumps(bad)
+    except (RecursionError, ValueError):  # nested deeper than this thread's stack allows
+        text = f"a {type(bad).__name__} nested too deeply"
     return text if len(text) < 60 else text[:57] + "..."
 
 

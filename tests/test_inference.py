@@ -198,9 +198,15 @@ def call(url: str, path: str, body=None, *, token: str | None = None, raw: bytes
     request = urllib.request.Request(url + path, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
+            return response.status, _decoded(response)
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        return err.code, _decoded(err)
+
+
+def _decoded(response):
+    """JSON, or the text of an HTML page."""
+    text = response.read()
+    return text.decode() if response.headers.get_content_type() == "text/html" else json.loads(text)
 
 
 TOKEN = "s3cret-for-tests"
@@ -315,6 +321,36 @@ def test_service_refuses_bad_requests_and_keeps_serving(service, predicted):
          "more than the 2000"),
         (call(service, "/predict", raw=b" " * (600 * 1024), token=TOKEN), 413, "0.5 MiB"),
     ]
+    columns = good["columns"]
+    hostile = [  # (body, the words of the 422 answer): none may be a 500
+        (b'{"model": "toy", "columns": {"mass": [' + b"9" * 5000 + b"]}}", "more than 4300 digits"),
+        (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
+        (b'{"model": "toy", "columns": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "too deeply"),
+        (b'{"model": "toy", "columns": {"mass": [NaN]}}', "NaN is not a JSON number"),
+        (b'{"model": "toy", "columns": {"mass": [-Infinity]}}', "-Infinity is not a JSON number"),
+        (json.dumps({**good, "columns": {**columns, "mass": [1e300] * 10}}).encode(),
+         "beyond the range of float32"),
+        (json.dumps({**good, "columns": {**columns, "mass": [1.0] * 10}}).encode().replace(
+            b"[1.0,", b"[1e400,"), "beyond the range of float32"),
+        (json.dumps({**good, "columns": {**columns, "mass": ["91.2"] * 10}}).encode(),
+         "'mass' must hold a number per event"),
+        (json.dumps({**good, "columns": {**columns, "Jet_pt": [["40"]] * 10}}).encode(),
+         "'Jet_pt' must hold a list"),
+        (json.dumps({**good, "columns": {**columns, "mass": [10**400] * 10}}).encode(),
+         "'mass' must hold"),
+        (json.dumps({**good, "model": ["toy"]}).encode(), "\"model\" must be a model's name"),
+        (b"", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'"events"', "must be a JSON object"),
+        (b"\xff\xfe", "not valid JSON"),
+    ]
+    cases += [(call(service, "/predict", raw=body, token=TOKEN), 422, text)
+              for body, text in hostile]
+    cases.append((call(service, "/json", {"keys": [["mass"]], "values": [1.0], "model": "toy"},
+                       token=TOKEN), 422, "branch names"))
+    status, answer = call(service, "/predict", {**good, "columns": {**columns, "mass": [None] * 10}},
+                          token=TOKEN)  # null: a missing value, as NaN in the ROOT files
+    assert status == 200 and len(answer["scores"]) == 10, answer
     for (status, answer), want, text in cases:
         assert status == want, (want, text, answer)
         assert text in answer["error"], (text, answer)
@@ -337,7 +373,13 @@ def test_service_wants_the_token_and_publishes_its_schema(service):
     toy = next(m for m in models if m["name"] == "toy")
     assert toy["engine"] == "xgboost" and toy["outputs"] == ["score", "selected"]
     assert toy["inputs"]["Jet_pt"] == "var * float32" and toy["inputs"]["mass"] == "float32"
-    status, schema = call(service, "/openapi.json")
+    for path in ("/openapi.json", "/docs"):  # what the models take is behind the token too
+        for token in (None, "wrong"):
+            status, answer = call(service, path, token=token)
+            assert status == 401 and "bearer token" in answer["error"], (path, token)
+    status, page = call(service, "/docs", token=TOKEN)
+    assert status == 200 and "swagger" in page.lower() and "/openapi.json" in page
+    status, schema = call(service, "/openapi.json", token=TOKEN)
     assert status == 200
     assert {"/predict", "/json", "/models", "/health"} <= set(schema["paths"])
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]

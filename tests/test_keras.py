@@ -95,12 +95,13 @@ def test_sklearn_engine_trains_and_saves(tmp_path, toy_data, client):
     ("def build(n):\n    return 3\n", "model.py:build", "returned int, not a keras.Model"),
     ("import keras\ndef build(n):\n    return keras.Sequential([keras.Input((n,)), "
      "keras.layers.Dense(1)])\n", "model.py:build", "is not compiled"),
-    ("import nonexistent_module\n", "model.py:build", "importing .* failed"),
+    ("import nonexistent_module\ndef build(n):\n    pass\n", "model.py:build",
+     "importing .* failed"),
 ])
 def test_a_wrong_model_file_gives_a_clear_error(tmp_path, toy_data, client, source, spec, message):
     if source is not None:
         (tmp_path / "model.py").write_text(textwrap.dedent(source))
-    pipe = pipeline(tmp_path, toy_data, "train.engine='keras'",
-                    f"train.keras.model='{tmp_path / spec}'")
-    with pytest.raises(HepdaskError, match=message):
+    with pytest.raises(HepdaskError, match=message):  # a missing file or function: at load
+        pipe = pipeline(tmp_path, toy_data, "train.engine='keras'",
+                        f"train.keras.model='{tmp_path / spec}'")
         pipe.train(client=client)

@@ -7,7 +7,6 @@ epoch. The model is saved with joblib.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from ..features import Features
 from ..outputs import atomic_path
 from ..specs import Specs
 from ..stream import BatchStream, StreamedModel, Transform, make_transform
-from ..usercode import call_function, load_function
+from ..usercode import call_function, import_class, load_function
 
 __all__ = ["SklearnModel", "train_sklearn"]
 
@@ -86,15 +85,7 @@ def make_estimator(config: SklearnConfig):
                                   returns="a scikit-learn estimator")
         _check_partial_fit(type(estimator), config.estimator)
         return estimator
-    module_name, _, class_name = config.estimator.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError):
-        raise HepdaskError(
-            f"train.sklearn.estimator: cannot import {config.estimator!r}. Give the full class "
-            "path, e.g. \"sklearn.linear_model.SGDClassifier\" or "
-            "\"sklearn.neural_network.MLPClassifier\"."
-        ) from None
+    cls = import_class(config.estimator, "train.sklearn.estimator")
     _check_partial_fit(cls, config.estimator)
     try:
         return cls(**config.params)
