@@ -287,9 +287,21 @@ class TrainConfig:
     keras: KerasConfig = field(default_factory=KerasConfig)
     sklearn: SklearnConfig = field(default_factory=SklearnConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    retries: int = 2  # xgboost: restarts from the last booster copy after losing a worker
+    timeout: float = 600.0  # xgboost: seconds without a boosting round before a worker is lost
 
     def __post_init__(self) -> None:
         _check_choice("train.engine", self.engine, ENGINES)
+        if self.retries < 0:
+            raise HepdaskError(
+                f"Config key train.retries is {self.retries}: it must be 0 (no restart after a "
+                "lost worker) or more."
+            )
+        if self.timeout <= 0:
+            raise HepdaskError(
+                f"Config key train.timeout is {self.timeout}: give the seconds a boosting round "
+                "may take before the training is taken as stuck on a lost worker (> 0)."
+            )
 
 
 CLUSTER_KINDS = ("local", "address", "gateway")
