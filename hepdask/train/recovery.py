@@ -74,8 +74,10 @@ def train_resilient(client, matrices: Callable[[], tuple], splits: Sequence[Spli
     run = uuid.uuid4().hex[:12]
     beat = distributed.Variable(f"hepdask-round-{run}", client=client)
     saved = distributed.Variable(f"hepdask-checkpoint-{run}", client=client)
+    # A backstop for a collective operation waiting on a peer that is gone without a word;
+    # the watch on the rounds (_watched) acts first.
     coll_cfg = dataclasses.replace(coll_cfg or xgboost.collective.Config(),
-                                   timeout=max(1, int(timeout)))
+                                   timeout=max(1, int(2 * timeout)))
     expected = len(_workers(client))
     checkpoint, lost = Checkpoint(), []
     try:
