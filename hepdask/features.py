@@ -266,6 +266,8 @@ def placed(client, splits: Sequence[SplitArrays]) -> contextlib.AbstractContextM
     """
     info = client.sync(client.scheduler.identity)["workers"]
     workers = sorted(info, key=lambda a: f"[xgboost.dask-{info[a].get('name')}]:{a}")
+    if not workers:  # e.g. an adaptive cluster before its first worker: nowhere to place
+        return contextlib.nullcontext()
     table: dict = {}
     for split in splits:
         sizes = split.matrix.chunks[0]

@@ -83,7 +83,7 @@ class KillAtRound(threading.Thread):
         return self
 
 
-def xgboost_run(tmp_path, data_dir, client, name: str, *, rounds: int = 150,
+def xgboost_run(tmp_path, data_dir, client, name: str, *, rounds: int = 80,
                 retries: int | None = None, timeout: float | None = None):
     overrides = [f"name='{name}'", f"train.xgboost.num_boost_round={rounds}", *XGBOOST]
     if retries is not None:
@@ -118,14 +118,16 @@ def test_identical_runs_give_the_same_model_bytes(undisturbed):
 def test_a_worker_killed_during_xgboost_training_is_survived(tmp_path, toy_data, undisturbed,
                                                              monkeypatch):
     monkeypatch.setattr(recovery, "CHECKPOINT_SECONDS", 0.0)
-    (_, expected), _ = undisturbed
-    with cluster() as client, KillAtRound(client, at=40) as killer:
+    (reference, expected), _ = undisturbed
+    with cluster() as client, KillAtRound(client, at=25) as killer:
         pipeline, metrics = xgboost_run(tmp_path, toy_data["dir"], client, "killed")
     assert len(killer.killed) == 1
     booster = pipeline._model.booster
-    assert booster.num_boosted_rounds() == 150
+    assert booster.num_boosted_rounds() == 80
     history = pipeline._model.history
-    assert {len(v) for split in history.values() for v in split.values()} == {150}
+    assert {len(v) for split in history.values() for v in split.values()} == {80}
+    before = reference._model.history["validation"]["logloss"][:25]
+    assert history["validation"]["logloss"][:25] == before  # the rounds before the kill, kept
     assert abs(metrics["auc"] - expected["auc"]) < 0.005
     log = (pipeline.run_dir / "run.log").read_text()
     assert "lost the worker" in log and "continuing from round" in log
@@ -136,10 +138,10 @@ def test_a_frozen_worker_is_taken_as_lost_after_train_timeout(tmp_path, toy_data
     """SIGSTOP: the worker neither answers nor leaves, and XGBoost would wait for it."""
     monkeypatch.setattr(recovery, "CHECKPOINT_SECONDS", 0.0)
     (_, expected), _ = undisturbed
-    with cluster() as client, KillAtRound(client, at=40, sig=signal.SIGSTOP):
+    with cluster() as client, KillAtRound(client, at=25, sig=signal.SIGSTOP):
         pipeline, metrics = xgboost_run(tmp_path, toy_data["dir"], client, "frozen",
                                         timeout=3)
-    assert pipeline._model.booster.num_boosted_rounds() == 150
+    assert pipeline._model.booster.num_boosted_rounds() == 80
     assert abs(metrics["auc"] - expected["auc"]) < 0.005
     assert "No XGBoost round for 3 s" in (pipeline.run_dir / "run.log").read_text()
 
@@ -147,7 +149,7 @@ def test_a_frozen_worker_is_taken_as_lost_after_train_timeout(tmp_path, toy_data
 def test_losing_workers_more_often_than_retries_allow_is_one_clear_error(tmp_path, toy_data,
                                                                           monkeypatch):
     monkeypatch.setattr(recovery, "CHECKPOINT_SECONDS", 0.0)
-    with cluster() as client, KillAtRound(client, at=20, times=2), \
+    with cluster() as client, KillAtRound(client, at=15, times=2), \
             pytest.raises(HepdaskError) as err:
         xgboost_run(tmp_path, toy_data["dir"], client, "exhausted", retries=1)
     message = str(err.value)
@@ -232,3 +234,10 @@ def test_early_stopping_continues_from_a_copy_as_if_uninterrupted():
                   callbacks=[recovery._replayed_early_stopping(5, copy_history)])
     assert resumed.num_boosted_rounds() == whole.num_boosted_rounds() < 500
     assert resumed.best_iteration == whole.best_iteration
+
+
+@pytest.mark.parametrize("override, key", [("train.retries=-1", "train.retries"),
+                                           ("train.timeout=0", "train.timeout")])
+def test_bad_retries_or_timeout_is_one_clear_error(tmp_path, toy_data, override, key):
+    with pytest.raises(HepdaskError, match=key):
+        load_config(toy_config(tmp_path, toy_data["dir"]), [override])

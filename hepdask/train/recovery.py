@@ -2,7 +2,7 @@
 
 ``xgboost.dask`` cannot go on when a worker dies mid-training: the dead worker's task is
 rescheduled and fails ("Resilience is not yet supported"), or, where it cannot be, training
-waits forever (dmlc/xgboost#9419, #9420). So the worker of rank 0 reports each round (a
+waits forever (dmlc/xgboost#9419, #9420). So the worker of rank 0 reports the rounds done (a
 heartbeat) and, every :data:`CHECKPOINT_SECONDS`, sends a copy of the booster with the metrics
 so far (a Dask ``Variable`` on the scheduler holds the latest). When a worker is lost, i.e.
 training fails while a worker left, or no round ends for ``timeout`` seconds, the client
@@ -41,6 +41,7 @@ log = logging.getLogger("hepdask")
 
 CHECKPOINT_SECONDS = 5.0  # at most this much training is redone after a lost worker
 _POLL_SECONDS = 0.5
+_BEAT_SECONDS = 1.0
 _LEFT_GRACE_SECONDS = 3.0  # for the scheduler to see a worker go after training failed
 
 History = dict[str, dict[str, list[float]]]  # {"train": {"logloss": [...]}, ...}
@@ -100,8 +101,8 @@ def train_resilient(client, matrices: Callable[[], tuple], splits: Sequence[Spli
                 if not left:
                     raise
                 checkpoint = _latest(saved, checkpoint)
-                dtrain = evals = None  # the failed attempt's
-                gc.collect()  # (a traceback cycle holds them)
+                dtrain = evals = None  # free the failed attempt's matrices, which a
+                gc.collect()  # traceback cycle holds, before their blocks move
                 lost.append(f"{', '.join(sorted(left))} ({_first_line(err)})")
                 log.warning("XGBoost training lost the worker %s; %s", lost[-1],
                             f"continuing from round {checkpoint.rounds}"
@@ -116,8 +117,8 @@ def train_resilient(client, matrices: Callable[[], tuple], splits: Sequence[Spli
             with contextlib.suppress(Exception):
                 variable.delete()
     raise HepdaskError(
-        f"XGBoost training lost a worker {len(lost)} times and stopped at round "
-        f"{checkpoint.rounds} of {rounds}: {'; '.join(lost)}. train.retries = {retries} "
+        f"XGBoost training lost a worker {len(lost)} time{'s' * (len(lost) > 1)} and stopped "
+        f"at round {checkpoint.rounds} of {rounds}: {'; '.join(lost)}. train.retries = {retries} "
         "allows that many restarts from the last copy of the booster. Check why the workers "
         "die (their logs on the dashboard; memory: cluster.memory_limit) or raise "
         "train.retries."
@@ -125,29 +126,31 @@ def train_resilient(client, matrices: Callable[[], tuple], splits: Sequence[Spli
 
 
 class _Checkpointer(xgboost.callback.TrainingCallback):
-    """On rank 0: the rounds done, after every round, and a copy of the booster with the
+    """On rank 0: the rounds done, every second or so, and a copy of the booster with the
     metrics so far (those of earlier attempts first), every :data:`CHECKPOINT_SECONDS`."""
 
     def __init__(self, beat: str, saved: str, history: History):
         super().__init__()
         self.beat, self.saved, self.history = beat, saved, history
         self.every = CHECKPOINT_SECONDS
-        self._last = 0.0
+        self._last = self._beat = 0.0
 
     def before_training(self, model):
-        self._last = time.monotonic()
+        self._last = self._beat = time.monotonic()
         return model
 
     def after_iteration(self, model, epoch: int, evals_log) -> bool:
         if xgboost.collective.get_rank() != 0:
             return False
-        done = model.num_boosted_rounds()
-        if time.monotonic() - self._last >= self.every:
+        done, now = model.num_boosted_rounds(), time.monotonic()
+        if now - self._last >= self.every:
             history = _joined(self.history, evals_log)
             distributed.Variable(self.saved).set(
                 {"rounds": done, "booster": bytes(model.save_raw("ubj")), "history": history})
-            self._last = time.monotonic()
-        distributed.Variable(self.beat).set(done)
+            self._last = now
+        if now - self._beat >= min(self.every, _BEAT_SECONDS):  # one round trip, not per round
+            distributed.Variable(self.beat).set(done)
+            self._beat = now
         return False
 
 
