@@ -28,7 +28,9 @@ from hepdask.stream import BatchStream
 from hepdask.train import recovery
 
 # Enough rounds (with early stopping on, never triggered) that training lasts a few seconds.
-XGBOOST = ["train.xgboost.early_stopping_rounds=500", "train.xgboost.params.max_depth=4",
+XGBOOST = ["train.xgboost.early_stopping_rounds=500",
+           "train.xgboost.params.objective='binary:logistic'",
+           "train.xgboost.params.eval_metric=['logloss']", "train.xgboost.params.max_depth=4",
            "train.xgboost.params.eta=0.05", "train.xgboost.params.subsample=0.8",
            "train.xgboost.params.colsample_bytree=0.8"]
 
