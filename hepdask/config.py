@@ -352,11 +352,15 @@ class TrainConfig:
     keras: KerasConfig = field(default_factory=KerasConfig)
     sklearn: SklearnConfig = field(default_factory=SklearnConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    retries: int = 2  # xgboost: restarts from the last booster copy after losing a worker
+    timeout: float = 600.0  # xgboost: seconds without a boosting round before a worker is lost
 
     def __post_init__(self) -> None:
         """The engine's own model file, class or parameters, and the packages it needs; not
         those of the engines not used."""
         _check_choice("train.engine", self.engine, ENGINES)
+        check_range("train.retries", self.retries, low=0)
+        check_range("train.timeout", self.timeout, low=0, low_open=True)
         if self.engine == "xgboost":
             if self.xgboost.model is not None:
                 check_function_file(self.xgboost.model, "train.xgboost.model")

@@ -16,14 +16,17 @@ seed, sample, file, entry), so the split does not depend on the partitioning.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import awkward as ak
 import dask
 import dask.array as da
 import numpy as np
+from dask.core import flatten
 
 from .config import FeaturesConfig, SplitConfig, pad_quantile
 from .dataset import Dataset, Partition, split_codes
@@ -33,7 +36,7 @@ from .progress import persist
 from .specs import BranchSpec, Specs
 
 __all__ = ["Column", "Features", "Layout", "SplitArrays", "build_features", "make_layout",
-           "partition_matrix", "resolve_pad"]
+           "partition_matrix", "placed", "resolve_pad"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -270,11 +273,42 @@ class Features:
 
     def persist(self, *, client=None) -> Features:
         """Compute the matrices into the workers' memory, all splits in one pass over the files;
-        returns when they are there."""
+        returns when they are there. On a cluster, each block goes to the worker
+        :func:`placed` gives it, so that a run on as many workers repeats exactly."""
         arrays = [self[s].matrix for s in SPLITS]
-        done = persist(client, arrays) if client is not None else dask.persist(*arrays)
+        if client is None:
+            done = dask.persist(*arrays)
+        else:
+            with placed(client, [self[s] for s in SPLITS]):
+                done = persist(client, arrays)
         return Features(self.layout, *(SplitArrays(matrix, self[s].block_samples)
                                        for s, matrix in zip(SPLITS, done, strict=True)))
+
+
+def placed(client, splits: Sequence[SplitArrays]) -> contextlib.AbstractContextManager:
+    """Within this block, the blocks of ``splits`` (and of their X, y and w) computed on the
+    cluster go to fixed workers: each split's rows in order over the workers in XGBoost's rank
+    order (by worker name), block ``i`` to the worker whose share holds its middle row.
+
+    The data each worker holds, and so the quantile sketches and histograms XGBoost sums,
+    then depend on the number of workers only, not on which worker was free first. The
+    restrictions are loose: a block whose worker has left goes to any other.
+    """
+    info = client.sync(client.scheduler.identity)["workers"]
+    workers = sorted(info, key=lambda a: f"[xgboost.dask-{info[a].get('name')}]:{a}")
+    if not workers:  # e.g. an adaptive cluster before its first worker: nowhere to place
+        return contextlib.nullcontext()
+    table: dict = {}
+    for split in splits:
+        sizes = split.matrix.chunks[0]
+        total = sum(sizes)
+        middles = np.cumsum(sizes) - np.asarray(sizes) / 2
+        owners = [[workers[min(len(workers) - 1, int(len(workers) * m / total))]]
+                  for m in middles] if total else []
+        for array in (split.matrix, split.X, split.y, split.w):
+            table.update(zip(flatten(array.__dask_keys__()), owners, strict=True))
+    # dict.get pickles without hepdask, for schedulers that do not have it installed
+    return dask.annotate(workers=table.get, allow_other_workers=True)
 
 
 def build_features(dataset: Dataset, layout: Layout, specs: Specs, *,

@@ -225,7 +225,9 @@ class Pipeline:
                 self._reads = None  # the features hold what training needs; free the raw reads
             with self._phase("train", client, unit="rounds") as step:
                 self._model = train_xgboost(client, features, self.config.train.xgboost,
-                                            self.specs().n_classes, on_round=step)
+                                            self.specs().n_classes, on_round=step,
+                                            retries=self.config.train.retries,
+                                            timeout=self.config.train.timeout)
         else:
             features = self.features(client=client)
             train = self.config.train
@@ -322,6 +324,7 @@ class Pipeline:
                           for name, s in self.specs().samples.items()},
             "read_errors": [error.to_dict() for error in self.specs().read_errors],
             "specs_reused": self.specs_reused,
+            "seeds": self._seeds(model),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         })
         write_json(self.staging_dir / "metrics.json", metrics)
@@ -447,6 +450,15 @@ class Pipeline:
                         "distributed.Client()) or use hepdask.cluster.connect."
                     ) from None
         return client
+
+    def _seeds(self, model) -> dict[str, int]:
+        """The seeds that, with the data, the config and the number of workers, fix the model."""
+        seeds = {"split": self.config.split.seed}
+        if self.config.train.engine == "xgboost":
+            seeds["xgboost"] = int(model.params.get("seed", model.params.get("random_state")) or 0)
+        else:
+            seeds["stream"] = self.config.train.stream.seed
+        return seeds
 
     def _class_totals(self) -> dict[int, float]:
         """Sum of weights per class over all splits (after the selection), from the specs."""

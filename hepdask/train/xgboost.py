@@ -27,6 +27,7 @@ from ..outputs import atomic_path
 from ..progress import compute
 from ..usercode import call_function, load_function
 from ..weights import class_factors
+from .recovery import train_resilient
 
 __all__ = ["XGBoostModel", "train_xgboost"]
 
@@ -98,7 +99,7 @@ class XGBoostModel:
 
 def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: int = 2, *,
                   on_round: Callable[[int, int, dict[str, float]], None] | None = None,
-                  ) -> XGBoostModel:
+                  retries: int = 2, timeout: float = 600.0) -> XGBoostModel:
     """Train on ``features.train``, early-stopping on ``features.validation`` when it has events.
 
     With more than two classes the objective becomes ``multi:softprob`` and the scores have
@@ -109,7 +110,9 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
     XGBoost's own ``scale_pos_weight``, so that the validation metrics weigh the events as
     training does). ``on_round(round, rounds, metrics)`` is called after every boosting
     round, on the worker that trains rank 0 (so it must pickle, like
-    :meth:`hepdask.progress.Channel.step`).
+    :meth:`hepdask.progress.Channel.step`). A lost worker restarts training from the last
+    copy of the booster, up to ``retries`` times; no round for ``timeout`` seconds counts as
+    a lost worker (see :mod:`hepdask.train.recovery`).
     """
     if client is None:
         raise HepdaskError(
@@ -122,27 +125,29 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
     weights = {name: _scaled(arrays, factors, config.use_weights)
                for name, arrays in (("train", train), ("validation", valid))}
     names = [_xgb_name(n) for n in features.names]
-    dtrain = dxgb.DaskQuantileDMatrix(
-        client, train.X, train.y, weight=weights["train"],
-        feature_names=names,
-    )
-    evals = [(dtrain, "train")]
-    early = None
-    if len(valid):
-        dvalid = dxgb.DaskQuantileDMatrix(
-            client, valid.X, valid.y, weight=weights["validation"],
-            feature_names=names, ref=dtrain,
+
+    def matrices():
+        dtrain = dxgb.DaskQuantileDMatrix(
+            client, train.X, train.y, weight=weights["train"],
+            feature_names=names,
         )
-        evals.append((dvalid, "validation"))
-        early = config.early_stopping_rounds
+        evals = [(dtrain, "train")]
+        if len(valid):
+            dvalid = dxgb.DaskQuantileDMatrix(
+                client, valid.X, valid.y, weight=weights["validation"],
+                feature_names=names, ref=dtrain,
+            )
+            evals.append((dvalid, "validation"))
+        return dtrain, evals
+
+    early = config.early_stopping_rounds if len(valid) else None
     log.info("Training XGBoost: %d events, %d features, %d classes, up to %d rounds",
              len(train), len(names), n_classes, num_boost_round)
     try:
-        output = dxgb.train(
-            client, params, dtrain, num_boost_round=num_boost_round, evals=evals,
-            early_stopping_rounds=early, verbose_eval=False,
-            callbacks=[_RoundCallback(on_round, num_boost_round)] if on_round else None,
-            coll_cfg=_collective_config(client),
+        booster, history = train_resilient(
+            client, matrices, (train, valid), params, num_boost_round, early_stopping_rounds=early,
+            callbacks=[_RoundCallback(on_round, num_boost_round)] if on_round else [],
+            retries=retries, timeout=timeout, coll_cfg=_collective_config(client),
         )
     except xgboost.core.XGBoostError as err:
         raise HepdaskError(
@@ -150,10 +155,7 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
             f"{str(err).splitlines()[0]}. Check the names and values against the XGBoost "
             "parameter documentation."
         ) from None
-    booster = output["booster"]
     best = booster.best_iteration if early else None
-    history = {name: {m: [float(v) for v in vals] for m, vals in metrics.items()}
-               for name, metrics in output["history"].items()}
     return XGBoostModel(booster, features.names, params, history, best, factors, notes)
 
 
@@ -166,7 +168,7 @@ class _RoundCallback(xgboost.callback.TrainingCallback):
 
     def after_iteration(self, model, epoch: int, evals_log) -> bool:
         if xgboost.collective.get_rank() == 0:
-            self.on_round(epoch + 1, self.rounds, {f"{split}-{metric}": values[-1]
+            self.on_round(model.num_boosted_rounds(), self.rounds, {f"{split}-{metric}": values[-1]
                                                    for split, metrics in evals_log.items()
                                                    for metric, values in metrics.items()})
         return False
