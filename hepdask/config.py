@@ -133,22 +133,23 @@ class PrepareConfig:
                 "can prepare is 'higgs'; remove the [prepare] table for your own files."
             )
 
-    def check_read_by(self, samples: Sequence[SampleConfig]) -> None:
+    def check_read_by(self, samples: Sequence[SampleConfig], redirector: str | None) -> None:
         """The samples must read the directory that [prepare] fills: a run over other files
         would train on data other than those prepared, and describe the wrong ones."""
         if self.dataset is None:
             return
         directory = os.path.realpath(self.directory)
-        if not any(_may_read(pattern, directory) for s in samples for pattern in s.files):
+        if not any(_may_read(redirector + pattern
+                             if redirector and pattern.startswith("/store/") else pattern,
+                             directory)
+                   for s in samples for pattern in s.files):
             raise prepare_not_read(self.directory, {s.name: list(s.files) for s in samples})
 
 
 def _may_read(pattern: str, directory: str) -> bool:
     """Whether a sample's file pattern can name files directly in ``directory`` (a ``.txt`` list
-    may: it is read with the files)."""
-    if "://" in pattern:
-        return False
-    if pattern.endswith(".txt"):
+    may: it is read with the files; so may a URL, from a server that serves the directory)."""
+    if "://" in pattern or pattern.endswith(".txt"):
         return True
     parent = os.path.dirname(os.path.realpath(pattern))
     return PurePath(directory).match(parent) if glob.has_magic(parent) else parent == directory
@@ -635,7 +636,7 @@ class Config:
         names = [s.name for s in self.samples]
         if len(set(names)) != len(names):
             raise HepdaskError(f"Sample names must be unique; the config has {names}.")
-        self.prepare.check_read_by(self.samples)
+        self.prepare.check_read_by(self.samples, self.data.redirector)
         for sample in self.samples:
             for pattern in sample.files:
                 if pattern.startswith("/store/") and self.data.redirector:

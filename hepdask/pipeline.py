@@ -134,11 +134,17 @@ class Pipeline:
 
         found = higgsml.find_prepared(f.path for s in dataset.samples for f in s.files)
         directories = {p.directory.resolve(): p for p in found.values()}
+        remote = any("://" in f.path for s in dataset.samples for f in s.files)
         if self.prepared is not None:
-            if self.prepared.directory.resolve() not in directories:
+            if self.prepared.directory.resolve() in directories:
+                directories.pop(self.prepared.directory.resolve())  # prepare announced its own
+            elif remote:
+                log.warning("The samples read remote files: hepdask cannot tell whether they are "
+                            "those prepared in %s; metrics.json records them as config files.",
+                            self.config.prepare.directory)
+            else:
                 raise prepare_not_read(self.config.prepare.directory,
                                        {s.name: [f.path for f in s.files] for s in dataset.samples})
-            directories.pop(self.prepared.directory.resolve())  # prepare announced its own
         for prepared in directories.values():
             higgsml.announce_synthetic(prepared, "reading")
         sources = {p.source for p in found.values()}
