@@ -75,6 +75,10 @@ def train_resilient(client, matrices: Callable[[], tuple], splits: Sequence[Spli
     run = uuid.uuid4().hex[:12]
     beat = distributed.Variable(f"hepdask-round-{run}", client=client)
     saved = distributed.Variable(f"hepdask-checkpoint-{run}", client=client)
+    # Set before any read: the scheduler logs a traceback for every read of an unset Variable
+    # that times out, which the watch would do twice a second until the first round.
+    beat.set(0)
+    saved.set(None)
     # A backstop for a collective operation waiting on a peer that is gone without a word;
     # the watch on the rounds (_watched) acts first.
     coll_cfg = dataclasses.replace(coll_cfg or xgboost.collective.Config(),
