@@ -19,7 +19,7 @@ from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .config import ClusterConfig, GatewayConfig
-from .errors import HepdaskError
+from .errors import HepdaskError, first_line
 from .progress import dashboard_page, install_dashboard
 
 __all__ = ["Connection", "check_versions", "connect", "open_cluster"]
@@ -276,7 +276,7 @@ def _join_gateway_cluster(gateway, name: str):
 
 
 def _gateway_error(err: Exception, where: str) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = first_line(err)
     if "401" in text or "403" in text or "Unauthorized" in text or "Forbidden" in text:
         advice = ("The gateway refused the credentials: check cluster.gateway.auth, the user "
                   "name and the password or token.")

@@ -23,7 +23,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from .errors import HepdaskError
+from .errors import HepdaskError, first_line
 
 __all__ = ["FUNCTIONS", "Expression", "Kind", "parse"]
 
@@ -327,7 +327,7 @@ class _Elementwise(_Node):
         try:
             return self.func(*args)
         except ValueError as exc:  # awkward: lists of different lengths, e.g. Jet vs Muon
-            reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+            reason = first_line(exc)
             raise _Problem(f"cannot be computed: {reason}", self.span) from exc
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import HepdaskError
+from .errors import HepdaskError, first_line
 
 __all__ = ["atomic_path", "commit", "open_staging", "recover", "staging_path", "write_json",
            "write_text", "writing"]
@@ -76,12 +76,8 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
     except Exception as err:
         if isinstance(err, HepdaskError) or _free_bytes(Path(path)) >= _NEARLY_FULL:
             raise
-        raise HepdaskError(f"Cannot write {path}: the file system is full ({_first_line(err)})."
+        raise HepdaskError(f"Cannot write {path}: the file system is full ({first_line(err)})."
                            f" Free space there, or give {elsewhere}.") from err
-
-
-def _first_line(err: Exception) -> str:
-    return next(iter(str(err).strip().splitlines()), type(err).__name__)
 
 
 def _free_bytes(path: Path) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 import xgboost
 import xgboost.dask as dxgb
 
-from ..errors import HepdaskError
+from ..errors import HepdaskError, first_line
 from ..features import SplitArrays, placed
 from ..progress import persist
 
@@ -107,7 +107,7 @@ def train_resilient(client, matrices: Callable[[], tuple], splits: Sequence[Spli
                 checkpoint = _latest(saved, checkpoint)
                 dtrain = evals = None  # free the failed attempt's matrices, which a
                 gc.collect()  # traceback cycle holds, before their blocks move
-                lost.append(f"{', '.join(sorted(left))} ({_first_line(err)})")
+                lost.append(f"{', '.join(sorted(left))} ({type(err).__name__}: {first_line(err)})")
                 log.warning("XGBoost training lost the worker %s; %s", lost[-1],
                             f"continuing from round {checkpoint.rounds}"
                             if len(lost) <= retries else "no retry left (train.retries)")
@@ -277,6 +277,3 @@ def _joined(first: History, then) -> History:
             for name in names}
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
