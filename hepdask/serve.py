@@ -35,7 +35,7 @@ import awkward as ak
 import numpy as np
 
 from .bundle import Bundle, records
-from .errors import HepdaskError
+from .errors import HepdaskError, RequestError
 
 try:
     import fastapi
@@ -58,14 +58,6 @@ log = logging.getLogger("hepdask")
 DEFAULT_PORT = 8083  # TFaaS's, so its clients find the service where they expect it
 MAX_REQUEST_MB = 16.0
 MAX_EVENTS = 100_000
-
-
-class RequestError(Exception):
-    """A request the service cannot answer; ``status`` is the HTTP code."""
-
-    def __init__(self, message: str, status: int = 422):
-        super().__init__(message)
-        self.status = status
 
 
 class PredictRequest(BaseModel):
