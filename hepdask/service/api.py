@@ -16,8 +16,6 @@ import datetime
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -39,7 +37,7 @@ from ..mlaas4hep import to_toml
 from ..outputs import atomic_path
 from ..serve import ErrorResponse, read_body
 from .auth import User
-from .confine import confine
+from .confine import confine, convert_workflow
 from .runner import Runner
 from .settings import ServiceSettings
 from .state import JobRecord, Store
@@ -53,7 +51,6 @@ FINAL = ("succeeded", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 MAX_CONFIG_BYTES = 1 << 20
 UNPACKED_FACTOR = 10  # an upload may unpack to this many times --max-upload-mb
-CONVERT_TIMEOUT = 300.0  # seconds for a workflow's model file to say what it builds
 
 #: The answer of a refused request, for the schema.
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -203,40 +200,16 @@ class Service:
 
     def submit_workflow(self, user: User, request: WorkflowRequest) -> JobRecord:
         """A job from an MLaaS4HEP workflow in an upload folder, converted as
-        ``hepdask convert-mlaas4hep`` does. Its model file is user code: refused unless the
-        operator allows it, and imported (to tell Keras from XGBoost) only in a subprocess, so
-        that a model file that crashes or hangs cannot take the service down."""
+        ``hepdask convert-mlaas4hep`` does (:func:`~hepdask.service.confine.convert_workflow`:
+        its model file is user code, refused unless the operator allows it)."""
         folder = self.folder(user, request.name)
-        if not self.settings.allow_user_code:
-            raise RequestError(
-                f"An MLaaS4HEP workflow runs its model file ({request.model}), which is "
-                "arbitrary Python code, and this service does not run users' code: its operator "
-                "must start it with --allow-user-code. Submit a TOML config with a built-in "
-                "model instead (POST /jobs).", 403)
-        given = {"files": request.files, "labels": request.labels, "model": request.model,
-                 "params": request.params, "preproc": request.preproc}
-        command = [sys.executable, "-P", "-m", "hepdask", "convert-mlaas4hep"]
-        for key, value in given.items():
-            if value is None:
-                continue
-            if key != "labels" or (folder / value).is_file() or "/" in value:
-                self._inside(folder, value, key)
-            command += [f"--{key}", value]
-        try:
-            done = subprocess.run(command, cwd=folder, capture_output=True, text=True,
-                                  timeout=CONVERT_TIMEOUT, env=_job_env())
-        except subprocess.TimeoutExpired:
-            raise RequestError(f"The workflow's model file {request.model} did not return its "
-                               f"model within {CONVERT_TIMEOUT:g} s.") from None
-        if done.returncode != 0:
-            raise RequestError(_error_paragraph(done.stderr)
-                               or f"The workflow could not be converted: {done.stderr[-500:]}")
-        notes = [line.removeprefix("hepdask: ") for line in done.stderr.splitlines()
-                 if line.startswith("hepdask: MLaaS4HEP:")]
+        raw, notes = convert_workflow(
+            folder, files=request.files, labels=request.labels, model=request.model,
+            params=request.params, preproc=request.preproc, settings=self.settings,
+            user_root=user_dir(self.settings, user.name))
         hints = {"cpus": request.cpus, "memory": request.memory, "device": request.device}
-        return self.submit(user.name, tomllib.loads(done.stdout), name=request.name,
-                           kind="mlaas4hep", hints=hints, cwd=folder, upload=request.name,
-                           notes=notes)
+        return self.submit(user.name, raw, name=request.name, kind="mlaas4hep", hints=hints,
+                           cwd=folder, upload=request.name, notes=notes)
 
     def submit(self, owner: str, raw: dict, *, name: str, kind: str, hints: dict, cwd: Path,
                upload: str | None, notes: list[str] | tuple[str, ...] = ()) -> JobRecord:
@@ -413,20 +386,6 @@ class Service:
                                f"/upload?name={name}); GET /uploads lists yours.", 404)
         return folder
 
-    @staticmethod
-    def _inside(folder: Path, path: str, key: str) -> Path:
-        """``path`` of a workflow, which must name a file inside its upload folder."""
-        parts = PurePosixPath(path).parts
-        target = Path(os.path.realpath(folder.joinpath(*parts))) if parts else folder
-        if PurePosixPath(path).is_absolute() or ".." in parts \
-                or not target.is_relative_to(os.path.realpath(folder)):
-            raise RequestError(f"\"{key}\" is {path!r}: give a path inside the upload folder "
-                               f"{folder.name} (e.g. \"{key}.txt\"), not outside it.", 403)
-        if not target.is_file():
-            raise RequestError(f"\"{key}\" is {path!r}, which the upload folder {folder.name} "
-                               "does not have.", 422)
-        return target
-
     def _busy(self, owner: str, name: str) -> None:
         """409 while a queued or running job reads the upload folder ``name``."""
         busy = [j.job_id for j in self.store.jobs(owner) if j.upload == name and j.state in ACTIVE]
@@ -509,22 +468,6 @@ def _hints(hints: dict) -> dict:
                       "device": "\"cpu\" or \"gpu\""}[key]
             raise RequestError(f"The hint {key} = {value!r} is not {wanted}.") from None
     return out
-
-
-def _error_paragraph(stderr: str) -> str | None:
-    """The ``hepdask: error: ...`` paragraph of a hepdask command's stderr."""
-    lines = stderr.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("hepdask: error: "):
-            return " ".join([line.removeprefix("hepdask: error: "), *lines[i + 1:]]).strip()
-    return None
-
-
-def _job_env() -> dict[str, str]:
-    """The service's environment for a subprocess that runs hepdask on user files."""
-    env = dict(os.environ)
-    env.pop("HEPDASK_EVENTS", None)
-    return env
 
 
 def jobs_router(service: Service, user: Callable) -> fastapi.APIRouter:
