@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import RequestError, first_line
+from ..errors import HepdaskError, RequestError, first_line
 from ..outputs import write_text
 from ..progress import EVENTS, RunState
 from .settings import ServiceSettings
@@ -234,8 +234,9 @@ class Runner:
         except Exception as err:
             self.store.update(job.job_id, state="failed", attempts=attempt, started=time.time(),
                               finished=time.time(), exit_code=None, pid=None,
-                              error=f"Job {job.job_id} could not start in {job.cwd}: "
-                                    f"{first_line(err)}")
+                              error=f"Job {job.job_id} could not start: "
+                                    + (str(err) if isinstance(err, HepdaskError)
+                                       else first_line(err)))
             return
         self._procs[job.job_id] = proc
         self.store.update(job.job_id, state="running", attempts=attempt, started=time.time(),
