@@ -18,7 +18,6 @@ import os
 import shutil
 import tarfile
 import threading
-import time
 import tomllib
 import uuid
 from collections.abc import Callable
@@ -40,15 +39,13 @@ from .auth import User
 from .confine import confine, convert_workflow
 from .runner import Runner
 from .settings import ServiceSettings
-from .state import JobRecord, Store
+from .state import FINAL, JobRecord, Store
 from .uploads import check_name, receive, unpack, user_dir
 
-__all__ = ["FINAL", "Service", "WorkflowRequest", "job_json", "jobs_router", "uploads_router"]
+__all__ = ["Service", "WorkflowRequest", "job_json", "jobs_router", "uploads_router"]
 
 log = logging.getLogger("hepdask")
 
-FINAL = ("succeeded", "failed", "cancelled", "interrupted")
-ACTIVE = ("queued", "running")
 MAX_CONFIG_BYTES = 1 << 20
 UNPACKED_FACTOR = 10  # an upload may unpack to this many times --max-upload-mb
 
@@ -258,28 +255,10 @@ class Service:
         return self.submit(job.owner, raw, name=job.name, kind=job.kind, hints=hints,
                            cwd=Path(job.cwd), upload=job.upload)
 
-    def cancel(self, job: JobRecord) -> JobRecord:
-        if job.state not in ACTIVE:
-            raise RequestError(f"Job {job.job_id} is {job.state}: only a queued or running job "
-                               "can be cancelled.", 409)
-        return self.runner.cancel(job.job_id)
-
-    def resume(self, job: JobRecord) -> JobRecord:
-        if job.state not in ("interrupted", "failed", "cancelled"):
-            raise RequestError(f"Job {job.job_id} is {job.state}: only an interrupted, failed "
-                               "or cancelled job can be resumed.", 409)
-        return self.runner.resume(job.job_id)
-
     def delete(self, job: JobRecord) -> None:
         """Cancel the job if it is active, then forget it and remove its folder."""
-        if job.state in ACTIVE:
-            self.runner.cancel(job.job_id)
-            deadline = time.monotonic() + 60
-            while (current := self.store.get(job.job_id)) and current.state in ACTIVE:
-                if time.monotonic() > deadline:
-                    raise RequestError(f"Job {job.job_id} did not stop within 60 s; try "
-                                       "again.", 409)
-                time.sleep(0.2)
+        if job.state not in FINAL:
+            self.runner.cancel(job.job_id)  # returns once its processes have ended
         self.store.delete(job.job_id)
         with self._lock:
             self._bundles.pop(job.job_id, None)
@@ -388,7 +367,7 @@ class Service:
 
     def _busy(self, owner: str, name: str) -> None:
         """409 while a queued or running job reads the upload folder ``name``."""
-        busy = [j.job_id for j in self.store.jobs(owner) if j.upload == name and j.state in ACTIVE]
+        busy = [j.job_id for j in self.store.jobs(owner) if j.upload == name and j.state not in FINAL]
         if busy:
             raise RequestError(f"The upload {name!r} is read by the job(s) {', '.join(busy)}, "
                                "which are queued or running: wait for them or cancel them.", 409)
@@ -521,12 +500,12 @@ def jobs_router(service: Service, user: Callable) -> fastapi.APIRouter:
     @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or "
                  "running job (its processes are stopped)")
     def cancel(job: JobRecord = this_job) -> dict:
-        return job_json(service.cancel(job))
+        return job_json(service.runner.cancel(job.job_id))
 
     @router.post("/{job_id}/resume", response_model=JobOut,
                  summary="Queue an interrupted, failed or cancelled job again, with --resume")
     def resume(job: JobRecord = this_job) -> dict:
-        return job_json(service.resume(job))
+        return job_json(service.runner.resume(job.job_id))
 
     @router.post("/{job_id}/resubmit", status_code=201, response_model=JobOut,
                  summary="A new job with the same config")
