@@ -7,6 +7,7 @@ with SIGKILL mid-job and starts it again on the same state.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -278,6 +279,31 @@ def jobs(service, workflow) -> dict:
 
 
 # -- the tests ---------------------------------------------------------------------------------
+
+
+def test_docker_words():
+    from hepdask.service.compat import docker_status, human_duration
+    from hepdask.service.state import JobRecord
+
+    assert [human_duration(s) for s in (0.4, 1, 8, 59, 60, 150, 3000, 3600, 7200, 3 * 86400,
+                                        20 * 86400, 90 * 86400, 800 * 86400)] == [
+        "Less than a second", "1 second", "8 seconds", "59 seconds", "About a minute",
+        "2 minutes", "50 minutes", "About an hour", "2 hours", "3 days", "2 weeks", "3 months",
+        "2 years"]
+    job = JobRecord(1, "wf_1", "wf", "alice", "mlaas4hep", "queued", 100.0, None, None, None,
+                    None, {}, "/", "wf", False, 0, {}, None)
+
+    def status(**fields) -> str:
+        return docker_status(dataclasses.replace(job, **fields), now=1000.0)
+
+    assert status() == "Created"
+    assert status(state="running", started=992.0) == "Up 8 seconds"
+    assert status(state="succeeded", finished=880.0, exit_code=0) == "Exited (0) 2 minutes ago"
+    assert status(state="failed", finished=999.5, exit_code=2) == \
+        "Exited (2) Less than a second ago"
+    assert status(state="failed", finished=999.5, exit_code=-9).startswith("Exited (137)")
+    assert status(state="cancelled", finished=990.0).startswith("Exited (143)")
+    assert status(state="interrupted", finished=990.0).startswith("Exited (255)")
 
 
 def test_no_public_address_without_auth(tmp_path, capsys):

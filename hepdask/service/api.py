@@ -276,7 +276,8 @@ class Service:
         """The log from byte ``offset``, as it grows, until the job is final."""
         path = self.runner.log_path(job.job_id)
         while True:
-            final = (await run_in_threadpool(self.store.get, job.job_id) or job).state in FINAL
+            current = await run_in_threadpool(self.store.get, job.job_id)
+            final = current is None or current.state in FINAL  # None: deleted meanwhile
             chunk = await run_in_threadpool(self._read_from, path, offset)
             offset += len(chunk)
             if chunk:
