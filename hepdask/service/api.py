@@ -188,8 +188,8 @@ class Service:
             raise RequestError("The config is not UTF-8 text: send the TOML file as it is "
                                "(curl --data-binary @config.toml).") from None
         except tomllib.TOMLDecodeError as err:
-            raise RequestError(f"The config is not valid TOML: {err}. Check it with python -m "
-                               "hepdask run CONFIG --help's parser, or any TOML linter.") from None
+            raise RequestError(f"The config is not valid TOML: {err}. Fix it there and submit "
+                               "it again.") from None
         root = user_dir(self.settings, user.name)
         cwd = self.folder(user, upload) if upload else root
         return self.submit(user.name, raw, name=name or raw.get("name") or "job",
