@@ -141,7 +141,12 @@ class Runner:
 
     def cancel(self, job_id: str) -> JobRecord:
         """A queued job is cancelled at once; a running one gets SIGTERM on its process group,
-        SIGKILL after the grace period, and is cancelled once it has ended."""
+        SIGKILL after the grace period, and is cancelled once it has ended.
+
+        Ending the process does not end its tasks on a shared cluster: an XGBoost training
+        goes on on the workers, and the ``distributed.MultiLock`` that ``xgboost.dask`` holds
+        on them is never released by a client that is gone, so the cluster's next XGBoost job
+        waits for it."""
         with self._lock:
             job = self._get(job_id)
             if job.state == "queued" or (job.state == "running" and job_id not in self._procs):
