@@ -52,8 +52,9 @@ XGBOOST = """
     eval_metric = ["logloss"]
 """
 # For the jobs that are killed: xgboost.dask holds a distributed.MultiLock on the workers while it
-# trains, which a client killed mid-training never releases, so the cluster's next XGBoost job
-# would wait forever; a streaming engine leaves nothing behind on the scheduler.
+# trains, which a client killed (SIGKILL) mid-training never releases, so the cluster's next
+# XGBoost job would wait forever; a streaming engine leaves nothing behind on the scheduler. (A
+# job ended by SIGTERM frees the lock: test_an_xgboost_job_cancelled_mid_training_...)
 SKLEARN = """
     [train]
     engine = "sklearn"
@@ -309,3 +310,25 @@ def test_a_job_outliving_its_service_is_ended_at_restart_and_resumes(tmp_path, s
     with pytest.raises(RequestError) as done:
         runner.resume(job.job_id)
     assert done.value.status == 409
+
+
+def test_an_xgboost_job_cancelled_mid_training_leaves_the_shared_cluster_free(tmp_path, scheduler,
+                                                                              data):
+    """xgboost.dask holds a MultiLock on its workers while it trains; a job ended by SIGTERM
+    then must not leave it held, or the next XGBoost job on the cluster waits forever."""
+    runner = make_runner(tmp_path, scheduler)
+    runner.grace = 60.0
+    runner.start()
+    try:
+        long = submit(runner, "long", config_text(
+            data, train=XGBOOST.replace("num_boost_round = 10", "num_boost_round = 100_000")))
+        wait_for(lambda: (runner.progress(long.job_id).get("step") or 0) >= 2, 120,
+                 "the first boosting rounds")
+        assert runner.cancel(long.job_id).state == "cancelled"
+        short = submit(runner, "short", config_text(data))
+        wait_for(lambda: state_of(runner, short.job_id) in {"succeeded", "failed"}, 120,
+                 "the next XGBoost job to end")
+    finally:
+        runner.stop()
+    assert state_of(runner, short.job_id) == "succeeded", runner.store.get(short.job_id).error
+    assert "restarting the workers" in runner.log_path(long.job_id).read_text()

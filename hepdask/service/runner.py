@@ -57,7 +57,7 @@ class Runner:
     """
 
     def __init__(self, store: Store, settings: ServiceSettings, *,
-                 cluster_args: Callable[[JobRecord], list[str]], grace: float = 10.0,
+                 cluster_args: Callable[[JobRecord], list[str]], grace: float = 30.0,
                  poll: float = 0.25) -> None:
         self.store, self.settings = store, settings
         self.cluster_args = cluster_args
@@ -143,10 +143,10 @@ class Runner:
         """A queued job is cancelled at once; a running one gets SIGTERM on its process group,
         SIGKILL after the grace period, and is cancelled once it has ended.
 
-        Ending the process does not end its tasks on a shared cluster: an XGBoost training
-        goes on on the workers, and the ``distributed.MultiLock`` that ``xgboost.dask`` holds
-        on them is never released by a client that is gone, so the cluster's next XGBoost job
-        waits for it."""
+        hepdask ends on SIGTERM as on Ctrl-C; an XGBoost training on a shared cluster then
+        restarts its workers, so that the ``distributed.MultiLock`` that ``xgboost.dask``
+        holds on them is released (see :mod:`hepdask.train.recovery`). A SIGKILL cannot do
+        that, hence the grace period, and a second SIGTERM half-way through it."""
         with self._lock:
             job = self._get(job_id)
             if job.state == "queued" or (job.state == "running" and job_id not in self._procs):
@@ -248,15 +248,20 @@ class Runner:
                           finished=None, exit_code=None, error=None, summary={}, pid=proc.pid)
 
     def _end(self, proc: subprocess.Popen, *, signalled: bool = False) -> None:
-        """SIGTERM ``proc``'s group (unless ``signalled``), SIGKILL it after the grace period,
-        and wait for the process."""
+        """SIGTERM ``proc``'s group (unless ``signalled``), again half-way through the grace
+        period (Python loses a signal that arrives while it runs a destructor), SIGKILL it
+        after the grace period, and wait for the process."""
         if not signalled:
             _signal_group(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(self.grace)
+            proc.wait(self.grace / 2)
         except subprocess.TimeoutExpired:
-            log.warning("hepdask service: pid %d did not end %g s after SIGTERM: killing it.",
-                        proc.pid, self.grace)
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(self.grace / 2)
+            except subprocess.TimeoutExpired:
+                log.warning("hepdask service: pid %d did not end %g s after SIGTERM: killing "
+                            "it.", proc.pid, self.grace)
         _signal_group(proc.pid, signal.SIGKILL)  # and anything it left behind in its group
         proc.wait()
 

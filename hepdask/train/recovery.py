@@ -41,6 +41,7 @@ log = logging.getLogger("hepdask")
 
 CHECKPOINT_SECONDS = 5.0  # at most this much training is redone after a lost worker
 _POLL_SECONDS = 0.5
+_RELEASE_SECONDS = 30.0  # an interrupted training has this long to end and free its workers
 _BEAT_SECONDS = 1.0
 _LEFT_GRACE_SECONDS = 3.0  # for the scheduler to see a worker go after training failed
 
@@ -192,14 +193,19 @@ def _watched(client, beat, workers: set[str], timeout: float, call: Callable):
 
     threading.Thread(target=target, name="hepdask-xgboost", daemon=True).start()
     seen, since = None, time.monotonic()
-    while True:
-        with contextlib.suppress(concurrent.futures.TimeoutError):
-            return result.result(timeout=_POLL_SECONDS)
-        done = _value(beat)
-        if done != seen:
-            seen, since = done, time.monotonic()
-        elif time.monotonic() - since > timeout:
-            break
+    try:
+        while True:
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                return result.result(timeout=_POLL_SECONDS)
+            done = _value(beat)
+            if done != seen:
+                seen, since = done, time.monotonic()
+            elif time.monotonic() - since > timeout:
+                break
+    except BaseException:  # Ctrl-C or SIGTERM (a cancelled service job) while it trains
+        if client.cluster is None:
+            _free_shared_workers(client, workers, result, timeout)
+        raise
     stuck = sorted(workers & _workers(client))
     log.warning("No XGBoost round for %.0f s: restarting the workers %s", timeout, stuck)
     with contextlib.suppress(Exception):
@@ -207,6 +213,22 @@ def _watched(client, beat, workers: set[str], timeout: float, call: Callable):
     with contextlib.suppress(Exception):
         result.result(timeout=timeout)
     raise TimeoutError(f"no boosting round for {timeout:.0f} s (train.timeout)")
+
+
+def _free_shared_workers(client, workers: set[str], result: concurrent.futures.Future,
+                         timeout: float) -> None:
+    """Leave a cluster that outlives this run (a scheduler address, e.g. the service's) free
+    for the next training. xgboost.dask holds a MultiLock on its workers while it trains,
+    released when its training ends, and its collective threads keep running on the workers:
+    abandoned, they would make the next training there wait forever. Restarting the workers
+    ends the training with an error, so it releases the lock on its way out."""
+    training = sorted(workers & _workers(client))
+    log.warning("Interrupted during XGBoost training: restarting the workers %s, so that the "
+                "cluster's next training finds them free", ", ".join(training))
+    threading.Thread(target=client.restart_workers, args=(training,), daemon=True,
+                     kwargs={"timeout": timeout, "raise_for_error": False}).start()
+    with contextlib.suppress(BaseException):
+        result.result(timeout=_RELEASE_SECONDS)
 
 
 def _value(variable):
