@@ -383,11 +383,14 @@ def test_mlaas4hep_recipe_upload_submit_status_logs_model_predict(service, jobs,
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["engine"] == "xgboost" and metrics["auc"] > 0.7
 
+    # the service's scheduler is not the user's: the fetched bundle names no cluster
+    assert json.loads((run_dir / "config.resolved.json").read_text())["cluster"] == {}
     bundle = Bundle.load(run_dir)
     files = [str(workflow["folder"] / f) for f in ("signal.root", "background.root")]
     result = subprocess.run(
         [sys.executable, "-m", "hepdask", "predict", str(run_dir), *files, "-o",
-         str(tmp_path / "scores"), "-q"],  # on the service's cluster, where the job ran
+         str(tmp_path / "scores"), "-q", "--set", "cluster.n_workers=1",
+         "--set", "cluster.dashboard_address='127.0.0.1:0'"],  # on a local cluster of its own
         capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr[-3000:]
     scores, labels, first = [], [], {}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import io
+import json
 import logging
 import os
 import shutil
@@ -304,13 +306,24 @@ class Service:
 
     def bundle_archive(self, job: JobRecord) -> Path:
         """The run directory as ``<job_id>/...`` in a ``.tar.gz``, made once (a succeeded run
-        no longer changes) beside it in the job's folder."""
+        no longer changes) beside it in the job's folder.
+
+        Its ``config.resolved.json`` has an empty ``[cluster]``: the service's cluster is not
+        the user's, so ``hepdask predict`` on the fetched bundle starts a local one (or uses
+        the user's ``--scheduler``) rather than looking for the service's scheduler."""
         run_dir = self.succeeded(job)
         archive = self.runner.job_dir(job.job_id) / "bundle.tar.gz"
+        resolved = run_dir / "config.resolved.json"
         with self._lock:
             if not archive.is_file():
+                config = json.loads(resolved.read_text(encoding="utf-8"))
+                text = json.dumps({**config, "cluster": {}}, indent=2).encode()
+                entry = tarfile.TarInfo(f"{job.job_id}/{resolved.name}")
+                entry.size, entry.mtime = len(text), int(resolved.stat().st_mtime)
                 with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
-                    tar.add(run_dir, arcname=job.job_id, filter=_no_links)
+                    tar.add(run_dir, arcname=job.job_id,
+                            filter=lambda m: None if m.name == entry.name else _no_links(m))
+                    tar.addfile(entry, io.BytesIO(text))
         return archive
 
     def files(self, job: JobRecord) -> list[dict]:
