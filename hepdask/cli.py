@@ -440,14 +440,14 @@ def _jobs(args) -> int:
     jobs = _service_client(args).jobs(all=args.all)
     rows = [("JOB", "STATE", "OWNER", "SUBMITTED", "RESULT")]
     for job in jobs:
-        summary = job.get("summary") or {}
+        summary, error = job.get("summary") or {}, (job.get("error") or "").strip()
         result = (f"auc {summary['auc']:.4f}" if isinstance(summary.get("auc"), float)
-                  else (job.get("error") or "").splitlines()[0][:60] if job.get("error") else "")
+                  else error.splitlines()[0][:60] if error else "")
         rows.append((job["job_id"], job["state"], job["owner"],
                      (job.get("submitted") or "")[:19], result))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)) + "  " + row[4])
+        print("  ".join(v.ljust(w) for v, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
     if not jobs:
         print("(no jobs)")
     return 0
