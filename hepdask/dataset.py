@@ -34,7 +34,8 @@ from .errors import HepdaskError
 from .preprocess import Branch, Preprocess, build_preprocess, describe_tree, missing_branch
 
 __all__ = ["Branch", "Dataset", "FileInfo", "Partition", "ReadError", "Sample", "expand_files",
-           "is_url", "open_dataset", "open_tree", "read_again", "read_lazily", "split_codes", "unreadable"]
+           "is_url", "open_dataset", "open_tree", "read_again", "read_lazily", "read_list", "split_codes",
+           "unreadable"]
 
 log = logging.getLogger("hepdask")
 
@@ -383,11 +384,7 @@ def expand_files(patterns: Iterable[str], *, where: str, redirector: str | None 
         if is_url(pattern):
             paths += _remote_glob(pattern, where) if glob.has_magic(pattern) else [pattern]
         elif pattern.endswith(".txt"):
-            listing = Path(pattern)
-            if not listing.is_file():
-                raise HepdaskError(f"Config key {where} names the file list {pattern}, which does not exist.")
-            lines = (line.split("#", 1)[0].strip() for line in listing.read_text().splitlines())
-            paths += expand_files([line for line in lines if line], where=f"{where} ({pattern})",
+            paths += expand_files(read_list(pattern, where), where=f"{where} ({pattern})",
                                   redirector=redirector)
         elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern))
@@ -406,6 +403,16 @@ def expand_files(patterns: Iterable[str], *, where: str, redirector: str | None 
         else:
             paths.append(os.path.abspath(pattern))
     return paths
+
+
+def read_list(path: str, where: str) -> list[str]:
+    """The entries of a ``.txt`` list of files, one per line (``#`` comments and blank lines
+    dropped), as written: relative entries are relative to the current directory."""
+    listing = Path(path)
+    if not listing.is_file():
+        raise HepdaskError(f"Config key {where} names the file list {path}, which does not exist.")
+    lines = (line.split("#", 1)[0].strip() for line in listing.read_text().splitlines())
+    return [line for line in lines if line]
 
 
 def _one_line(err: BaseException, limit: int = 300) -> str:
