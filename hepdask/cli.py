@@ -1,4 +1,4 @@
-"""``python -m hepdask``: run, specs, predict, serve, data, convert-mlaas4hep. A thin layer
+"""``python -m hepdask``: run, specs, predict, serve, service, data, convert-mlaas4hep. A thin layer
 over :class:`hepdask.Pipeline`, :func:`hepdask.predict.predict` and :mod:`hepdask.serve`."""
 
 from __future__ import annotations
@@ -143,6 +143,47 @@ def _parser() -> argparse.ArgumentParser:
                        help="refuse requests with more events with 413 (default %(default)s)")
     serve.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     serve.set_defaults(func=_serve)
+
+    service = sub.add_parser(
+        "service", help="run trainings submitted over HTTP, and serve their models",
+        description="Machine learning as a service: an HTTP API to upload data, submit runs "
+                    "(TOML configs or MLaaS4HEP workflows), follow them, fetch their bundles and "
+                    "score events with their models; the MLaaS4HEP endpoints too. Jobs run one "
+                    "subprocess each, on the cluster chosen like run's; API docs at /docs.")
+    service.add_argument("--host", default="127.0.0.1",
+                         help="the address to listen on (default %(default)s: this machine "
+                              "only; another needs auth or --force-public)")
+    service.add_argument("--port", type=int, default=8765, help="default %(default)s")
+    service.add_argument("--state", default="hepdask-service", metavar="DIR",
+                         help="where jobs, uploads and the database live (default %(default)s)")
+    service.add_argument("--database", metavar="URL",
+                         help="an SQLAlchemy URL (default: sqlite:///DIR/service.db)")
+    service.add_argument("--token-file", metavar="PATH",
+                         help="static tokens: lines 'TOKEN USER [admin]'")
+    service.add_argument("--oidc-issuer", metavar="URL",
+                         help="accept JWTs of this OIDC issuer (with --oidc-audience)")
+    service.add_argument("--oidc-audience", metavar="AUD", help="the JWTs' audience")
+    service.add_argument("--admin", action="append", default=[], metavar="USER",
+                         help="a user who sees and manages every job (repeatable)")
+    service.add_argument("--allow-user-code", action="store_true",
+                         help="let jobs run users' Python files (model files, MLaaS4HEP "
+                              "workflows): arbitrary code with the service's rights")
+    service.add_argument("--max-jobs", type=int, default=1, metavar="N",
+                         help="jobs running at once; others wait (default %(default)s)")
+    service.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                         help="a directory configs may read besides the user's uploads "
+                              "(repeatable)")
+    service.add_argument("--redirector", action="append", default=[], metavar="URL",
+                         help="a URL prefix configs may read, e.g. "
+                              "root://eospublic.cern.ch//eos/opendata/ (repeatable)")
+    service.add_argument("--max-upload-mb", type=float, default=1024.0, metavar="MB",
+                         help="refuse larger uploads with 413 (default %(default)s)")
+    service.add_argument("--config", metavar="FILE",
+                         help="a TOML file whose [cluster] table chooses the cluster")
+    service.add_argument("--force-public", action="store_true",
+                         help="serve a non-loopback --host without auth")
+    with_cluster(service, example="cluster.n_workers=4")
+    service.set_defaults(func=_service)
 
     def with_server(p: argparse.ArgumentParser, func) -> argparse.ArgumentParser:
         p.add_argument("--server", metavar="URL",
@@ -372,12 +413,57 @@ def _predict(args) -> int:
 
 
 def _serve(args) -> int:
-    from .serve import load_bundles, read_token, serve
+    from .serve import load_bundles, serve
+    from .service.auth import StaticTokens
 
-    token = read_token(args.token_file) if args.token_file else None
-    serve(load_bundles(args.run_dirs), host=args.host, port=args.port, token=token,
+    auth = StaticTokens.from_file(args.token_file) if args.token_file else None
+    serve(load_bundles(args.run_dirs), host=args.host, port=args.port, auth=auth,
           max_request_mb=args.max_request_mb, max_events=args.max_events)
     return 0
+
+
+def _service(args) -> int:
+    """The service, on the [cluster] of --config with the cluster flags."""
+    import tomllib
+
+    from .config import apply_overrides
+    from .service.app import run_service
+    from .service.auth import authenticator
+    from .service.settings import ServiceSettings
+
+    table = {}
+    if args.config:
+        try:
+            table = tomllib.loads(Path(args.config).read_text()).get("cluster", {})
+        except OSError as err:
+            raise HepdaskError(f"Cannot read the config file {args.config}: {err.strerror}."
+                               ) from None
+        except tomllib.TOMLDecodeError as err:
+            raise HepdaskError(f"The config file {args.config} is not valid TOML: {err}."
+                               ) from None
+    raw = _only_keys(apply_overrides({"cluster": table}, _overrides(args)), ("cluster",),
+                     "service")
+    if args.max_jobs < 1:
+        raise HepdaskError(f"--max-jobs is {args.max_jobs}: at least 1 job must run at once.")
+    settings = ServiceSettings(
+        state=Path(args.state), database=args.database, max_jobs=args.max_jobs,
+        allow_user_code=args.allow_user_code, data_roots=tuple(map(Path, args.data_root)),
+        redirectors=tuple(args.redirector), max_upload_mb=args.max_upload_mb,
+        admins=tuple(args.admin))
+    auth = authenticator(token_file=args.token_file, oidc_issuer=args.oidc_issuer,
+                         oidc_audience=args.oidc_audience, admins=settings.admins)
+    run_service(settings, auth=auth, cluster=raw["cluster"], host=args.host, port=args.port,
+                force_public=args.force_public)
+    return 0
+
+
+def _only_keys(raw: dict, tables: Sequence[str], command: str) -> dict:
+    """``raw``, refusing --set keys of tables other than ``tables``."""
+    other = sorted(set(raw) - set(tables))
+    if other:
+        keys = " and ".join(f"{t}.*" for t in tables)
+        raise HepdaskError(f"{command} takes --set for {keys} keys only, not {other}.")
+    return raw
 
 
 def _run_tables(run_dir: Path, overrides: Sequence[str]):
@@ -386,10 +472,8 @@ def _run_tables(run_dir: Path, overrides: Sequence[str]):
 
     path = run_dir / "config.resolved.json"
     resolved = json.loads(path.read_text()) if path.is_file() else {}
-    raw = apply_overrides({k: resolved.get(k, {}) for k in ("cluster", "data")}, overrides)
-    other = sorted(set(raw) - {"cluster", "data"})
-    if other:
-        raise HepdaskError(f"predict takes --set for cluster.* and data.* keys only, not {other}.")
+    raw = _only_keys(apply_overrides({k: resolved.get(k, {}) for k in ("cluster", "data")},
+                                     overrides), ("cluster", "data"), "predict")
     return (from_table(ClusterConfig, raw["cluster"], "cluster"),
             from_table(DataConfig, raw["data"], "data"))
 

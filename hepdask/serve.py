@@ -18,18 +18,19 @@ Bad requests get a 4xx answer with ``{"error": message}``; the service keeps ser
 strict JSON (``null``, not ``NaN``, for a missing value), parsed within Python's limits on
 digits and nesting. With a token (``--token-file``) every endpoint but ``/health``, the schema
 and ``/docs`` included, wants ``Authorization: Bearer TOKEN``.
+
+The routes are :func:`inference_router`'s, which ``hepdask service`` mounts too, serving each
+user the models of their succeeded jobs.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import logging
 import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -42,16 +43,18 @@ try:
     import uvicorn
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import JSONResponse, Response
-    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from pydantic import BaseModel, Field
     from starlette.concurrency import run_in_threadpool
+
+    from .service.auth import user_dependency
 except ImportError:
     raise HepdaskError(
         "hepdask serve needs FastAPI and uvicorn, which are not installed. Install them with: "
         "pip install 'hepdask[serve]'."
     ) from None
 
-__all__ = ["DEFAULT_PORT", "load_bundles", "make_app", "read_token", "serve"]
+__all__ = ["DEFAULT_PORT", "inference_router", "is_loopback", "load_bundles", "make_app",
+           "new_app", "read_body", "serve"]
 
 log = logging.getLogger("hepdask")
 
@@ -91,49 +94,63 @@ class ErrorResponse(BaseModel):
     error: str
 
 
-_bearer = HTTPBearer(auto_error=False, description="the token of --token-file")
-
-
-class _Token:
-    """The dependency that checks the bearer token (none wanted when ``token`` is None)."""
-
-    def __init__(self, token: str | None):
-        self.token = token
-
-    def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                              fastapi.Security(_bearer)]) -> None:
-        if self.token is None:
-            return
-        given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
-            raise RequestError("Missing or wrong bearer token: send the header "
-                               "'Authorization: Bearer <token>' with the service's token.", 401)
-
-
-def make_app(bundles: Mapping[str, Bundle], *, token: str | None = None,
-             max_request_mb: float = MAX_REQUEST_MB, max_events: int = MAX_EVENTS
-             ) -> fastapi.FastAPI:
-    """The ASGI application serving ``bundles`` by name.
+def inference_router(bundles_for: Callable[[Any], Mapping[str, Bundle]], user: Callable, *,
+                     max_request_mb: float = MAX_REQUEST_MB, max_events: int = MAX_EVENTS
+                     ) -> fastapi.APIRouter:
+    """The inference routes (``/models``, ``/predict``, ``/json``), for ``hepdask serve`` and
+    ``hepdask service`` alike.
 
     Parameters
     ----------
-    bundles
-        Models by the name clients use (``"model"`` in a request).
-    token
-        When given, requests (but ``/health``) need ``Authorization: Bearer <token>``.
+    bundles_for
+        The models a user may use, by the name clients give (called in a worker thread: it
+        may read a database or load bundles).
+    user
+        The FastAPI dependency giving the request's user
+        (:func:`hepdask.service.auth.user_dependency`); it refuses unauthenticated requests.
     max_request_mb, max_events
         Larger requests are refused with 413 before they are scored.
     """
-    if not bundles:
-        raise HepdaskError("No model to serve: give at least one run directory.")
     limit = int(max_request_mb * 2**20)
-    protected = [fastapi.Depends(_Token(token))]
     errors = {s: {"model": ErrorResponse} for s in (401, 404, 413, 422)}
-    app = fastapi.FastAPI(
-        title="hepdask inference service",
-        description="Scores of trained hepdask models for events given as raw branch values.",
-        version=_version(), docs_url=None, redoc_url=None, openapi_url=None,  # added below
-    )
+    router = fastapi.APIRouter(tags=["inference"])
+    me = fastapi.Depends(user)
+
+    @router.get("/models", responses=errors, summary="The models served, with their inputs")
+    async def models(who=me) -> list[dict]:
+        bundles = await run_in_threadpool(bundles_for, who)
+        return [_describe(name, bundle) for name, bundle in bundles.items()]
+
+    def body_schema(model: type[BaseModel]) -> dict:
+        """The documented body; bodies are parsed by hand (faster, and clearer messages)."""
+        return {"requestBody": {"required": True, "content": {
+            "application/json": {"schema": model.model_json_schema()}}}}
+
+    @router.post("/predict", openapi_extra=body_schema(PredictRequest),
+                 responses={200: {"model": PredictResponse}, **errors},
+                 summary="Scores of events given as records or columns of raw branch values")
+    async def predict(request: fastapi.Request, who=me):
+        body = await read_body(request, limit)
+        bundles = await run_in_threadpool(bundles_for, who)
+        return Response(await run_in_threadpool(_predict, bundles, body, max_events),
+                        media_type="application/json")
+
+    @router.post("/json", openapi_extra=body_schema(TFaaSRequest), responses=errors,
+                 summary="TFaaS-compatible: class probabilities of one event")
+    async def tfaas(request: fastapi.Request, who=me):
+        body = await read_body(request, limit)
+        bundles = await run_in_threadpool(bundles_for, who)
+        return Response(await run_in_threadpool(_tfaas, bundles, body, max_events),
+                        media_type="application/json")
+
+    return router
+
+
+def new_app(title: str, description: str, user: Callable) -> fastapi.FastAPI:
+    """A FastAPI application with hepdask's error answers and its schema and ``/docs`` behind
+    ``user`` (the auth dependency): what the models and jobs take is not for anyone."""
+    app = fastapi.FastAPI(title=title, description=description, version=_version(),
+                          docs_url=None, redoc_url=None, openapi_url=None)  # added below
 
     @app.exception_handler(RequestError)
     async def _refused(request, err: RequestError):
@@ -146,9 +163,10 @@ def make_app(bundles: Mapping[str, Bundle], *, token: str | None = None,
         return JSONResponse({"error": f"internal error: {type(err).__name__}: {err}"},
                             status_code=500)
 
-    # The schema and its browsable page say what the models take: behind the token too. A
-    # browser cannot send the header, so with a token /docs is for tools that can (or for a
-    # service without one, on loopback); curl fetches /openapi.json.
+    # A browser cannot send the header, so with auth /docs is for tools that can (or for a
+    # service without auth, on loopback); curl fetches /openapi.json.
+    protected = [fastapi.Depends(user)]
+
     @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
     async def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
@@ -157,39 +175,40 @@ def make_app(bundles: Mapping[str, Bundle], *, token: str | None = None,
     async def docs() -> Response:
         return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
+    return app
+
+
+def make_app(bundles: Mapping[str, Bundle], *, auth: Callable[[str], Any] | None = None,
+             max_request_mb: float = MAX_REQUEST_MB, max_events: int = MAX_EVENTS
+             ) -> fastapi.FastAPI:
+    """The ASGI application of ``hepdask serve``: ``bundles`` by name, for every user.
+
+    Parameters
+    ----------
+    bundles
+        Models by the name clients use (``"model"`` in a request).
+    auth
+        When given (e.g. :class:`~hepdask.service.auth.StaticTokens`), requests but
+        ``/health`` need ``Authorization: Bearer <token>``.
+    max_request_mb, max_events
+        Larger requests are refused with 413 before they are scored.
+    """
+    if not bundles:
+        raise HepdaskError("No model to serve: give at least one run directory.")
+    user = user_dependency(auth)
+    app = new_app("hepdask inference service",
+                  "Scores of trained hepdask models for events given as raw branch values.", user)
+
     @app.get("/health", summary="Liveness and the models served")
     async def health() -> dict:
         return {"status": "ok", "models": list(bundles)}
 
-    @app.get("/models", dependencies=protected, responses=errors,
-             summary="The models served, with their inputs")
-    async def models() -> list[dict]:
-        return [_describe(name, bundle) for name, bundle in bundles.items()]
-
-    def body_schema(model: type[BaseModel]) -> dict:
-        """The documented body; bodies are parsed by hand (faster, and clearer messages)."""
-        return {"requestBody": {"required": True, "content": {
-            "application/json": {"schema": model.model_json_schema()}}}}
-
-    @app.post("/predict", dependencies=protected, openapi_extra=body_schema(PredictRequest),
-              responses={200: {"model": PredictResponse}, **errors},
-              summary="Scores of events given as records or columns of raw branch values")
-    async def predict(request: fastapi.Request):
-        body = await _read_body(request, limit)
-        return Response(await run_in_threadpool(_predict, bundles, body, max_events),
-                        media_type="application/json")
-
-    @app.post("/json", dependencies=protected, openapi_extra=body_schema(TFaaSRequest),
-              responses=errors, summary="TFaaS-compatible: class probabilities of one event")
-    async def tfaas(request: fastapi.Request):
-        body = await _read_body(request, limit)
-        return Response(await run_in_threadpool(_tfaas, bundles, body, max_events),
-                        media_type="application/json")
-
+    app.include_router(inference_router(lambda _: bundles, user, max_request_mb=max_request_mb,
+                                        max_events=max_events))
     return app
 
 
-async def _read_body(request, limit: int) -> bytes:
+async def read_body(request, limit: int) -> bytes:
     """The request's body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -235,6 +254,9 @@ def _not_json(literal: str):
 def _bundle(bundles: Mapping[str, Bundle], name: Any) -> tuple[str, Bundle]:
     if name is not None and not isinstance(name, str):
         raise RequestError(f"\"model\" must be a model's name (a string), not {_show([name])}.")
+    if not bundles:
+        raise RequestError("No model is served to you yet: a model is served once the job that "
+                           "trains it has succeeded.", 404)
     if name is None:
         if len(bundles) == 1:
             return next(iter(bundles.items()))
@@ -429,31 +451,21 @@ def load_bundles(run_dirs: Sequence[str]) -> dict[str, Bundle]:
     return bundles
 
 
-def read_token(path: str | Path) -> str:
-    """The bearer token in ``path`` (its first line)."""
-    try:
-        token = Path(path).read_text().strip().splitlines()
-    except OSError as err:
-        raise HepdaskError(f"Cannot read the token file {path}: {err.strerror}.") from None
-    if not token or not token[0].strip():
-        raise HepdaskError(f"The token file {path} is empty: write the token on its first line.")
-    return token[0].strip()
-
-
 def serve(bundles: Mapping[str, Bundle], *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          token: str | None = None, max_request_mb: float = MAX_REQUEST_MB,
+          auth: Callable[[str], Any] | None = None, max_request_mb: float = MAX_REQUEST_MB,
           max_events: int = MAX_EVENTS) -> None:
     """Serve ``bundles`` until interrupted."""
-    if not _is_loopback(host) and token is None:
+    if not is_loopback(host) and auth is None:
         log.warning("Serving on %s without a token: anyone who can reach this machine can use "
                     "the models. Give --token-file to require one.", host)
-    app = make_app(bundles, token=token, max_request_mb=max_request_mb, max_events=max_events)
+    app = make_app(bundles, auth=auth, max_request_mb=max_request_mb, max_events=max_events)
     shown = f"[{host}]" if ":" in host else host
     log.info("Serving %s on http://%s:%d (API docs at /docs)", ", ".join(bundles), shown, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (127.0.0.0/8, ::1 or localhost)."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

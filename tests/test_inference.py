@@ -389,15 +389,16 @@ def test_service_wants_the_token_and_publishes_its_schema(service):
 
 def test_service_listens_on_loopback_unless_told_and_reads_its_token(tmp_path):
     from hepdask.cli import _parser
-    from hepdask.serve import _is_loopback, read_token
+    from hepdask.serve import is_loopback
+    from hepdask.service.auth import StaticTokens, User
 
     args = _parser().parse_args(["serve", "runs/higgs"])
     assert args.host == "127.0.0.1" and args.port == 8083 and args.token_file is None
-    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and not _is_loopback("0.0.0.0")
-    (tmp_path / "token").write_text("  abc \n")
-    assert read_token(tmp_path / "token") == "abc"
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("0.0.0.0")
+    (tmp_path / "token").write_text("  abc \n")  # serve's file: one bare token
+    assert StaticTokens.from_file(tmp_path / "token")("abc") == User("default")
     (tmp_path / "empty").write_text("\n")
-    with pytest.raises(HepdaskError, match="is empty"):
-        read_token(tmp_path / "empty")
+    with pytest.raises(HepdaskError, match="holds no token"):
+        StaticTokens.from_file(tmp_path / "empty")
     with pytest.raises(HepdaskError, match="Cannot read the token file"):
-        read_token(tmp_path / "missing")
+        StaticTokens.from_file(tmp_path / "missing")
