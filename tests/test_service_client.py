@@ -11,13 +11,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
 import time
 
 import pytest
 from servers import free_port
+from service_helpers import REPO, TOKENS, Service, higgs_config
 
+from hepdask.bundle import Bundle
 from hepdask.errors import HepdaskError, RequestError
 from hepdask.service.client import Client, read_token
 
@@ -168,3 +176,126 @@ def test_no_service_names_the_url_and_the_command():
     with pytest.raises(HepdaskError, match=rf"No hepdask service answers at {url} .*"
                                            r"python -m hepdask service"):
         Client(url).jobs()
+
+
+# -- the real service ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    server = Service(tmp_path_factory.mktemp("client-service")).start()
+    yield server
+    server.stop()
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hepdask", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})))
+
+
+@pytest.fixture(scope="module")
+def alice(service) -> dict:
+    """Alice's environment for the commands: the service's own token file, whose first line is
+    hers."""
+    assert (service.base / "tokens").read_text().startswith(f"{TOKENS['alice']} alice")
+    return {"HEPDASK_SERVER": service.url, "HEPDASK_TOKEN_FILE": str(service.base / "tokens")}
+
+
+@pytest.mark.slow
+def test_submit_wait_jobs_logs_fetch(service, alice, tmp_path):
+    config = tmp_path / "higgs.toml"
+    config.write_text(higgs_config(5))
+    done = cli("submit", str(config), "--name", "small", "--cpus", "1", "--wait", env=alice)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "small_1: queued (position 1 in the queue)" or \
+        lines[0].startswith("small_1: running"), lines
+    assert any(re.fullmatch(r"small_1: running, train: round \d of 5.*", x) for x in lines), lines
+    assert re.search(r"small_1 succeeded: .*auc 0\.\d+", done.stdout)
+    assert "hepdask fetch small_1 -o DIR" in done.stdout
+    assert len(lines) == len(set(lines))  # each change once
+
+    listed = cli("jobs", env=alice)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"^small_1\s+succeeded\s+alice\s+\d{4}-\d\d-\d\dT\S+\s+auc 0\.\d{4}$",
+                     listed.stdout, re.M), listed.stdout
+    bob = tmp_path / "bob-token"
+    bob.write_text(f"{TOKENS['bob']}\n")
+    assert "small_1" not in cli("jobs", "--token-file", str(bob), env=alice).stdout
+
+    log = cli("logs", "small_1", env=alice)
+    assert log.returncode == 0 and "ROC AUC" in log.stdout, log.stderr
+    assert cli("logs", "small_1", "--follow", env=alice).stdout == log.stdout
+
+    fetched = cli("fetch", "small_1", "-o", str(tmp_path / "model"), env=alice)
+    assert fetched.returncode == 0, fetched.stderr
+    bundle = Bundle.load(tmp_path / "model")
+    assert bundle.engine == "xgboost"
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["auc"] > 0.6
+
+
+@pytest.mark.slow
+def test_failed_and_interrupted_waits(service, alice, tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text(higgs_config(5, files="nothing/signal_*.root"))
+    done = cli("submit", str(broken), "--name", "broken", "--wait", "-q", env=alice)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert re.search(r"hepdask: broken_\d+ failed: .*nothing/signal_\*\.root", done.stderr)
+
+    config = tmp_path / "long.toml"
+    config.write_text(higgs_config(500))
+    waiting = subprocess.Popen([sys.executable, "-m", "hepdask", "submit", str(config), "--name",
+                                "long", "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=REPO,
+                               env=dict(os.environ, PYTHONPATH=str(REPO), **alice))
+    for line in waiting.stdout:
+        if ": running" in line:
+            break
+    job_id = line.split(":")[0]
+    waiting.send_signal(signal.SIGINT)
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 130, out + err
+    assert f"{job_id} keeps running on the service" in err
+    assert f"hepdask cancel {job_id}" in err
+    client = Client(service.url, token=TOKENS["alice"])
+    assert client.job(job_id)["state"] == "running"
+    cancelled = cli("cancel", job_id, env=alice)
+    assert cancelled.returncode == 0 and cancelled.stdout.strip() == f"{job_id}: cancelled"
+    assert client.wait(job_id, timeout=60)["state"] == "cancelled"
+
+
+def test_client_refusals_from_the_service(service, tmp_path):
+    with pytest.raises(RequestError, match=r"HTTP 401 to GET /jobs") as err:
+        Client(service.url, token="not-a-token").jobs()
+    assert err.value.status == 401
+    with pytest.raises(RequestError) as err:
+        Client(service.url).jobs()  # no token at all
+    assert err.value.status == 401
+    bob = Client(service.url, token=TOKENS["bob"])
+    with pytest.raises(RequestError, match=r"No job 'nope_9'.*\(HTTP 404 to GET /jobs/nope_9\)"
+                       ) as err:
+        bob.job("nope_9")
+    assert err.value.status == 404
+    with pytest.raises(RequestError, match="not valid TOML"):
+        bob.submit("name = 'x'\n[data\n")
+
+    folder = tmp_path / "ntuples"
+    folder.mkdir()
+    (folder / "files.txt").write_text("a.root\n")
+    answer = bob.upload(folder, "ntuples")
+    assert answer["name"] == "ntuples" and answer["files"] == ["files.txt"]
+    assert [u["name"] for u in bob.uploads()] == ["ntuples"]
+    assert (service.state / "uploads" / "bob" / "ntuples" / "files.txt").read_text() == "a.root\n"
+    shown = cli("upload", str(folder), "--name", "again", "--server", service.url,
+                "--token-file", str(service.base / "tokens"))
+    assert shown.returncode == 0 and "Uploaded" in shown.stdout, shown.stderr
+
+
+def test_cli_without_a_service_says_how_to_start_one():
+    url = f"http://127.0.0.1:{free_port()}"
+    done = cli("jobs", "--server", url)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"hepdask: error: No hepdask service answers at {url} ")
+    assert "python -m hepdask service" in done.stderr

@@ -16,7 +16,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -145,8 +144,7 @@ class Client:
             A TOML file, or the TOML text itself. Relative paths in it are taken from your
             folder on the service (or the upload folder ``upload``), never from this machine.
         name
-            The job's name (its id is ``NAME_N``); default the config's ``name``, else the
-            file's stem.
+            The job's name (its id is ``NAME_N``); default the config's ``name``.
         cpus, memory, device
             What the job needs (``2``, ``"4GB"``, ``"gpu"``); the service refuses more than
             its cluster offers.
@@ -154,25 +152,14 @@ class Client:
             The name of one of your uploads to run in: the config's relative paths are taken
             from that folder.
         """
-        path = Path(config)
-        is_text = isinstance(config, str) and ("\n" in config or "=" in config)
-        if is_text:
+        if isinstance(config, str) and ("\n" in config or "=" in config):
             text = config
         else:
             try:
-                text = path.read_text()
+                text = Path(config).read_text()
             except OSError as err:
-                raise HepdaskError(f"Cannot read the config {path}: {err.strerror or err}. "
+                raise HepdaskError(f"Cannot read the config {config}: {err.strerror or err}. "
                                    "Give a TOML file (or its text) to submit.") from None
-        if name is None:
-            try:
-                name = tomllib.loads(text).get("name")
-            except tomllib.TOMLDecodeError as err:
-                where = "the config text" if is_text else str(path)
-                raise HepdaskError(f"{where} is not valid TOML ({err}); fix it before "
-                                   "submitting.") from None
-            if not isinstance(name, str):
-                name = "job" if is_text else path.stem
         query = {"name": name, "cpus": cpus, "memory": memory, "device": device,
                  "upload": upload}
         return self._json("POST", "/jobs", query=query, body=text.encode(),
