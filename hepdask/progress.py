@@ -10,6 +10,10 @@ the worker that trains. Two readers:
 * :class:`DashboardPlugin`, on the scheduler, keeps the curves and serves them as the page
   ``<dashboard>/hepdask`` (a Bokeh plot polling ``hepdask/progress.json``), so someone
   watching the dashboard, anywhere, sees the model learn.
+
+With ``HEPDASK_EVENTS=<path>`` in the environment, :class:`Progress` also appends every message
+of its run to that file, one JSON line each (how ``hepdask service`` follows its jobs without
+the cluster); :class:`RunState` folds such messages into the state of a run.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import html
 import json
 import logging
 import math
+import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -34,12 +40,13 @@ from distributed.diagnostics.progressbar import ProgressBar as _SchedulerFeed
 from distributed.utils import is_kernel
 from tornado.web import RequestHandler
 
-__all__ = ["TOPIC", "Channel", "DashboardPlugin", "Progress", "compute", "dashboard_page",
-           "install_dashboard", "iterate"]
+__all__ = ["EVENTS", "TOPIC", "Channel", "DashboardPlugin", "Progress", "RunState", "compute",
+           "dashboard_page", "install_dashboard", "iterate"]
 
 log = logging.getLogger("hepdask")
 
 TOPIC = "hepdask-progress"
+EVENTS = "HEPDASK_EVENTS"  # the environment variable naming a run's events file
 PAGE = "hepdask"
 
 _current: contextvars.ContextVar[Progress | None] = contextvars.ContextVar(
@@ -54,14 +61,18 @@ class Channel:
     run: str
     name: str
 
-    def publish(self, kind: str, **fields: Any) -> None:
-        message = {"run": self.run, "name": self.name, "kind": kind, "time": time.time(),
-                   **fields}
+    def message(self, kind: str, **fields: Any) -> dict:
+        return {"run": self.run, "name": self.name, "kind": kind, "time": time.time(), **fields}
+
+    def publish(self, kind: str, **fields: Any) -> dict:
+        """Send a message to the cluster's :data:`TOPIC`; returns it."""
+        message = self.message(kind, **fields)
         try:
             sender = distributed.get_worker()
         except ValueError:
             sender = distributed.get_client()
         sender.log_event(TOPIC, message)
+        return message
 
     def step(self, step: int, total: int, metrics: dict[str, float], unit: str = "rounds") -> None:
         """Training step ``step`` of ``total`` is done, with these metric values."""
@@ -121,25 +132,33 @@ class Progress:
         The run's name, shown on the dashboard page.
     show
         Draw the bars (``--quiet`` turns them off); the events are published either way.
+    events
+        The file that every message of this run is appended to (default: the environment's
+        ``HEPDASK_EVENTS``; none when unset).
     """
 
-    def __init__(self, client, name: str, *, show: bool = True, stream=None):
+    def __init__(self, client, name: str, *, show: bool = True, stream=None,
+                 events: str | os.PathLike | None = None):
         self.client = client
         self.channel = Channel(uuid.uuid4().hex[:12], name)
         self.show = show
         self.stream = stream
+        self.events = events or os.environ.get(EVENTS) or None
         self._bar: Bar | None = None
         self._phase: str | None = None
         self._subscribed = False
+        self._step = -1  # the latest training step received
+        self._file = None
+        self._writing = threading.Lock()  # phases come from this thread, steps from the loop's
 
     @contextlib.contextmanager
     def phase(self, name: str, *, unit: str = "tasks") -> Iterator[Progress]:
         """Announce ``name`` to the cluster and make this the progress that :func:`compute`
         and :func:`iterate` report to, for the duration of the block."""
-        if name == "train" and self.show and not self._subscribed:
+        if name == "train" and (self.show or self.events) and not self._subscribed:
             self.client.subscribe_topic(TOPIC, self._on_event)
             self._subscribed = True
-        self.channel.publish("phase", phase=name, state="start")
+        self._record(self.channel.publish("phase", phase=name, state="start"))
         token = _current.set(self)
         self._phase = name
         self._bar = Bar(name, unit=unit, stream=self.stream) if self.show else None
@@ -150,19 +169,35 @@ class Progress:
         finally:
             _current.reset(token)
             self._phase = None
+            if name == "train" and state == "end" and self._subscribed:
+                self._settle()
             if self._bar is not None:
-                if name == "train" and state == "end":
-                    self._settle()
                 self._bar.close()
                 self._bar = None
+            message = self.channel.message("phase", phase=name, state=state)
             with contextlib.suppress(Exception):  # a closed client must not hide the error
-                self.channel.publish("phase", phase=name, state=state)
+                message = self.channel.publish("phase", phase=name, state=state)
+            self._record(message)
 
     def close(self) -> None:
         if self._subscribed:
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(TOPIC)
             self._subscribed = False
+        with self._writing:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _record(self, message: dict) -> None:
+        """Append ``message`` to the events file (if any), flushed, so a reader sees it now."""
+        if not self.events:
+            return
+        with self._writing:
+            if self._file is None:
+                self._file = open(self.events, "a", encoding="utf-8")
+            self._file.write(json.dumps(message) + "\n")
+            self._file.flush()
 
     def watch(self, futures: list) -> None:
         """Block until ``futures`` are done, drawing the scheduler's count of their tasks."""
@@ -176,8 +211,11 @@ class Progress:
 
     def _on_event(self, event: tuple[float, dict]) -> None:
         message = event[1]
-        if (message.get("run") == self.channel.run and message.get("kind") == "step"
-                and self._bar is not None):
+        if message.get("run") != self.channel.run or message.get("kind") != "step":
+            return  # this run's phase messages are recorded where they are published
+        self._step = message["step"]
+        self._record(message)
+        if self._bar is not None:
             self._bar.unit = message.get("unit", self._bar.unit)
             metrics = message["metrics"]
             shown = [k for k in metrics if k.startswith(("validation", "val_"))] or list(metrics)
@@ -185,14 +223,14 @@ class Progress:
             self._bar.update(message["step"], message["total"], note)
 
     def _settle(self, timeout: float = 2.0) -> None:
-        """Let the last training events (sent asynchronously) reach the bar."""
+        """Let the last training events (sent asynchronously) reach the bar and the file."""
         deadline = time.perf_counter() + timeout
-        step = -1
+        step = None
         while time.perf_counter() < deadline:
             time.sleep(0.1)
-            if self._bar is None or self._bar.done == step:
+            if self._step == step:
                 return
-            step = self._bar.done
+            step = self._step
 
 
 class _TaskFeed(_SchedulerFeed):
@@ -262,12 +300,18 @@ def dashboard_page(client) -> str:
 
 
 @dataclass
-class _RunState:
+class RunState:
+    """A run as its messages tell it: the phase, a status line, the latest step and metrics, and
+    every step's metrics (what the dashboard page plots and ``hepdask service`` reports)."""
+
     name: str
     phase: str = ""
     status: str = "starting"
     steps: list[int] = field(default_factory=list)
     metrics: dict[str, list[float | None]] = field(default_factory=dict)
+    total: int | None = None
+    unit: str = ""
+    latest: dict[str, float] = field(default_factory=dict)
 
     def record(self, message: dict) -> None:
         if message["kind"] == "phase":
@@ -277,17 +321,26 @@ class _RunState:
         elif message["kind"] == "step":
             index = len(self.steps)
             self.steps.append(message["step"])
+            self.total, self.unit = message["total"], message.get("unit", "steps")
+            self.latest = message["metrics"]
             for key, value in message["metrics"].items():
                 self.metrics.setdefault(key, [None] * index).append(value)
             for values in self.metrics.values():
                 values.extend([None] * (len(self.steps) - len(values)))
             latest = ", ".join(f"{k} {v:.4f}" for k, v in message["metrics"].items())
-            self.status = (f"train: {message.get('unit', 'step')[:-1]} {message['step']} of "
+            self.status = (f"train: {self.unit[:-1]} {message['step']} of "
                            f"{message['total']}" + (f" ({latest})" if latest else ""))
 
     def to_json(self, run: str) -> dict:
         return {"run": run, "name": self.name, "status": self.status,
                 "columns": {"step": self.steps, **self.metrics}}
+
+    def snapshot(self) -> dict:
+        """The phase, status, latest step of ``total`` with its metrics, and the history."""
+        return {"phase": self.phase, "status": self.status,
+                "step": self.steps[-1] if self.steps else None, "total": self.total,
+                "unit": self.unit, "metrics": self.latest,
+                "history": {"step": self.steps, **self.metrics}}
 
 
 class DashboardPlugin(SchedulerPlugin):
@@ -302,7 +355,7 @@ class DashboardPlugin(SchedulerPlugin):
     keep_runs = 20
 
     def __init__(self):
-        self.runs: dict[str, _RunState] = {}
+        self.runs: dict[str, RunState] = {}
 
     async def start(self, scheduler) -> None:
         app = getattr(scheduler, "http_application", None)
@@ -317,7 +370,7 @@ class DashboardPlugin(SchedulerPlugin):
     def log_event(self, topic: str, msg: Any) -> None:
         if topic != TOPIC or not isinstance(msg, dict) or "run" not in msg:
             return
-        run = self.runs.pop(msg["run"], None) or _RunState(msg.get("name", "run"))
+        run = self.runs.pop(msg["run"], None) or RunState(msg.get("name", "run"))
         self.runs[msg["run"]] = run  # the latest run is the last key
         run.record(msg)
         while len(self.runs) > self.keep_runs:
