@@ -67,10 +67,14 @@ def direct(config: Path, run_dir: Path) -> float:
 
 def start_service(state: Path, config: Path, data: Path, max_jobs: int) -> tuple:
     port = servers.free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hepdask", "service", "--port", str(port), "--state", str(state),
-         "--config", str(config), "--data-root", str(data), "--max-jobs", str(max_jobs), "-q"],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    state.mkdir()
+    log = state / "service.log"  # the service's and its workers' output
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hepdask", "service", "--port", str(port), "--state",
+             str(state), "--config", str(config), "--data-root", str(data), "--max-jobs",
+             str(max_jobs), "-q"], stdout=out, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -80,8 +84,8 @@ def start_service(state: Path, config: Path, data: Path, max_jobs: int) -> tuple
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"the service did not start (exit code {process.poll()})"
-                                   ) from None
+                raise RuntimeError(f"the service did not start (exit code {process.poll()}):"
+                                   f"\n{log.read_text()[-3000:]}") from None
             time.sleep(0.3)
 
 
