@@ -100,8 +100,8 @@ class Client:
     url
         The service, e.g. ``http://127.0.0.1:8765`` (``hepdask service``'s default).
     token, token_file
-        The bearer token, or a file whose first line holds it; neither for a service without
-        auth.
+        The bearer token, or a file holding it (the first word of its first line that is not
+        a ``#`` comment); neither for a service without auth.
     timeout
         Seconds to wait for each answer (uploads and downloads: for each chunk).
 
@@ -109,11 +109,14 @@ class Client:
     --------
     In a notebook, with the service on this machine:
 
-    >>> from hepdask.service.client import Client
     >>> from hepdask import Bundle
+    >>> from hepdask.service.client import Client, describe
     >>> service = Client("http://127.0.0.1:8765", token_file="~/.hepdask-token")
     >>> job = service.submit("configs/higgs.toml", cpus=2)
-    >>> job = service.wait(job["job_id"], on_update=lambda j: print(j["progress"]["status"]))
+    >>> job = service.wait(job["job_id"], on_update=lambda j: print(describe(j)))
+    higgs_1: queued (position 1 in the queue)
+    higgs_1: running, train: round 1 of 200 (validation-logloss 0.6512)
+    ...
     >>> job["state"], job["summary"]["auc"]
     ('succeeded', 0.9117)
     >>> bundle = Bundle.load(service.fetch(job["job_id"], "models/higgs"))
