@@ -554,8 +554,8 @@ def _fetch(args) -> int:
 
 def _upload(args) -> int:
     answer = _service_client(args).upload(args.source, args.name)
-    print(f"Uploaded {args.source} as {args.name}: "
-          + ", ".join(f"{k} {v}" for k, v in answer.items() if not isinstance(v, list | dict)))
+    print(f"Uploaded {args.source} as {answer['name']} ({len(answer.get('files') or [])} files, "
+          f"{answer['size']:,} bytes); submit with --upload {answer['name']} to run in it")
     return 0
 
 
