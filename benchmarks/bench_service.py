@@ -8,8 +8,11 @@ and the API's latency while jobs run.
    ``--rounds`` boosting rounds, run by ``python -m hepdask run`` directly (which starts its own
    local cluster of ``--workers``), then submitted with the service's :class:`Client` to
    ``python -m hepdask service`` (whose local cluster of the same shape is already up) and
-   waited for; the ratio service / direct is printed. Both times are from the command's (the
-   request's) start to the run directory being complete.
+   waited for; the ratio service / direct is printed, and the ratio to the same ``hepdask run``
+   given ``--scheduler`` of a local cluster already up (as the service's jobs are): the
+   service's own overhead (queue, subprocess, HTTP, bundle check). Every time is from the
+   command's (the request's) start to the run directory being complete; each contender runs
+   once to warm up (page cache, imports, the workers' imports) before it is timed.
 2. API latency: ``--clients`` threads, each with its own client, alternately ask for a job's
    status (``GET /jobs/{id}``) and the list of jobs (``GET /jobs``) as fast as they are answered,
    first with the service idle (``--idle-seconds``), then while 2 jobs run at once
@@ -54,10 +57,11 @@ def write_config(path: Path, directory: Path, rounds: int, workers: int) -> str:
     return text
 
 
-def direct(config: Path, run_dir: Path) -> float:
+def direct(config: Path, run_dir: Path, *flags: str) -> float:
+    """Seconds of ``python -m hepdask run CONFIG --output RUN_DIR *flags``, from its start."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "hepdask", "run", str(config), "--output",
-                           str(run_dir), "-q"], capture_output=True, text=True,
+                           str(run_dir), "-q", *flags], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     seconds = time.perf_counter() - start
     if done.returncode:
@@ -123,6 +127,8 @@ def main() -> None:
                                "--idle-seconds": 5})
     if args is None:
         return
+    from distributed import LocalCluster
+
     from hepdask.bundle import Bundle
     from hepdask.service.client import Client
 
@@ -135,6 +141,11 @@ def main() -> None:
         direct(config, tmp / "warm")  # the page cache and the imports, for both contenders
         seconds_direct = direct(config, tmp / "direct")
         Bundle.load(tmp / "direct")
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, host="127.0.0.1",
+                          dashboard_address="127.0.0.1:0") as cluster:
+            up = ["--scheduler", cluster.scheduler_address]
+            direct(config, tmp / "warm-up", *up)  # the workers' imports, as the service's
+            seconds_up = direct(config, tmp / "up", *up)
 
         process, url = start_service(tmp / "state", config, args.data, max_jobs=2)
         try:
@@ -148,9 +159,12 @@ def main() -> None:
 
             print(f"\n[1] submit -> finished, HiggsML {args.events} events, {args.rounds} rounds, "
                   f"{args.workers} workers, {os.cpu_count()} cores")
-            print(f"  python -m hepdask run (starts its cluster): {seconds_direct:7.2f} s")
-            print(f"  through the service (cluster already up):   {seconds_service:7.2f} s")
-            print(f"  ratio service / direct: {seconds_service / seconds_direct:.2f}x")
+            print(f"  python -m hepdask run, starting its cluster:       {seconds_direct:7.2f} s")
+            print(f"  python -m hepdask run --scheduler (cluster up):    {seconds_up:7.2f} s")
+            print(f"  through the service (its cluster up):              {seconds_service:7.2f} s")
+            print(f"  ratio service / direct: {seconds_service / seconds_direct:.2f}x; service / "
+                  f"run on a cluster already up (the service's own overhead): "
+                  f"{seconds_service / seconds_up:.2f}x")
 
             print(f"\n[2] API latency, {args.clients} concurrent polling clients")
             print(f"  {'while':<22}{'request':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")

@@ -299,3 +299,34 @@ def test_cli_without_a_service_says_how_to_start_one():
     assert done.returncode == 2
     assert done.stderr.startswith(f"hepdask: error: No hepdask service answers at {url} ")
     assert "python -m hepdask service" in done.stderr
+
+
+def _slow_sum(values: list[int]) -> int:
+    time.sleep(3)
+    return sum(values)
+
+
+def test_two_runs_watching_the_same_tasks_both_finish(client):
+    """Two jobs of one config on the service's shared cluster build tasks of the same keys;
+    each must see its computation end (distributed's progress feed of identical keys is one
+    scheduler plugin, and the second replaced the first, which then waited forever)."""
+    import dask
+    from distributed import Client as DaskClient
+
+    from hepdask.progress import Progress, compute
+
+    results: dict[int, int] = {}
+
+    def run(k: int) -> None:
+        with DaskClient(client.scheduler.address) as own:
+            progress = Progress(own, f"job{k}", stream=io.StringIO())
+            with progress.phase("specs"):
+                (results[k],) = compute(own, dask.delayed(_slow_sum, pure=True)([1, 2, 3]))
+            progress.close()
+
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {0: 6, 1: 6}
