@@ -7,6 +7,7 @@ with SIGKILL mid-job and starts it again on the same state.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -149,6 +150,8 @@ def jobs(service, workflow) -> dict:
                              json_body=request)
     assert status == 201, submitted
     assert submitted["process_name"] == submitted["job_id"] == "wf_1"
+    status, answer = call(service.url, "/delete_folder?name=wf", user="alice")
+    assert status == 409 and "wf_1" in answer["error"]  # the job reads it
     status, toml_job = submit_toml(service.url, "bob", higgs_config(10), "?name=higgs")
     assert status == 201, toml_job
     status, bob = call(service.url, f"/jobs/{toml_job['job_id']}", user="bob")
@@ -156,6 +159,39 @@ def jobs(service, workflow) -> dict:
 
 
 # -- the tests ---------------------------------------------------------------------------------
+
+
+def test_docker_words():
+    from hepdask.service.compat import docker_status, human_duration
+    from hepdask.service.state import JobRecord
+
+    assert [human_duration(s) for s in (0.4, 1, 8, 59, 60, 150, 3000, 3600, 7200, 3 * 86400,
+                                        20 * 86400, 90 * 86400, 800 * 86400)] == [
+        "Less than a second", "1 second", "8 seconds", "59 seconds", "About a minute",
+        "2 minutes", "50 minutes", "About an hour", "2 hours", "3 days", "2 weeks", "3 months",
+        "2 years"]
+    job = JobRecord(1, "wf_1", "wf", "alice", "mlaas4hep", "queued", 100.0, None, None, None,
+                    None, {}, "/", "wf", False, 0, {}, None)
+
+    def status(**fields) -> str:
+        return docker_status(dataclasses.replace(job, **fields), now=1000.0)
+
+    assert status() == "Created"
+    assert status(state="running", started=992.0) == "Up 8 seconds"
+    assert status(state="succeeded", finished=880.0, exit_code=0) == "Exited (0) 2 minutes ago"
+    assert status(state="failed", finished=999.5, exit_code=2) == \
+        "Exited (2) Less than a second ago"
+    assert status(state="failed", finished=999.5, exit_code=-9).startswith("Exited (137)")
+    assert status(state="cancelled", finished=990.0).startswith("Exited (143)")
+    assert status(state="interrupted", finished=990.0).startswith("Exited (255)")
+
+
+def test_no_public_address_without_auth(tmp_path, capsys):
+    from hepdask.cli import main
+
+    assert main(["service", "--host", "0.0.0.0", "--state", str(tmp_path / "state")]) == 2
+    assert "--force-public" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
 
 
 def test_hostile_requests_are_refused_and_write_nothing_outside(service, jobs, tmp_path):
@@ -175,6 +211,10 @@ def test_hostile_requests_are_refused_and_write_nothing_outside(service, jobs, t
         (submit_toml(url, "bob", "name = 'x'\n[data\ntree = 1\n"), 422, "line 2"),
         (submit_toml(url, "bob", higgs_config(5).replace("max_depth", "max_dept")), 422,
          "max_dept"),
+        (submit_toml(url, "bob", higgs_config(5), "?name=big&cpus=64"), 422, "cpus = 64"),
+        (submit_toml(url, "bob", higgs_config(5), "?name=big&memory=1tb"), 422, "memory"),
+        (submit_toml(url, "bob", higgs_config(5), "?name=big&device=gpu"), 422, "no GPU"),
+        (submit_toml(url, "bob", higgs_config(5), "?name=big&memory=lots"), 422, "'lots'"),
         (upload(url, "bob", "up", tarball({"../../escaped.txt": b"x"})), 422, "escaped.txt"),
         (upload(url, "bob", "up", tarball({"a.txt": b"x"}, links={"link": "/etc/passwd"})), 422,
          "link"),
@@ -227,8 +267,7 @@ def test_mlaas4hep_recipe_upload_submit_status_logs_model_predict(service, jobs,
     files = [str(workflow["folder"] / f) for f in ("signal.root", "background.root")]
     result = subprocess.run(
         [sys.executable, "-m", "hepdask", "predict", str(run_dir), *files, "-o",
-         str(tmp_path / "scores"), "--cluster", "local", "--set", "cluster.n_workers=1",
-         "--set", "cluster.dashboard_address='127.0.0.1:0'", "-q"],
+         str(tmp_path / "scores"), "-q"],  # on the service's cluster, where the job ran
         capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr[-3000:]
     scores, labels, first = [], [], {}
@@ -265,6 +304,9 @@ def test_toml_job_progress_files_metrics_and_bundle(service, jobs, tmp_path):
     assert job["summary"]["auc"] > 0.6 and job["queue_position"] is None
     log = log_of(url, job_id, "bob")
     assert "output and cluster are the service's" in log
+    followed = http(url, f"/jobs/{job_id}/logs?follow=true", user="bob")[2].decode()
+    assert followed == log  # the job has ended: the stream ends with the log
+    assert http(url, f"/jobs/{job_id}/logs?offset=10", user="bob")[2].decode() == log[10:]
     status, listing = call(url, f"/jobs/{job_id}/files", user="bob")
     names = {f["path"] for f in listing["files"]}
     assert {"metrics.json", "bundle.json", "roc.png", "config.toml"} <= names
@@ -303,10 +345,11 @@ def test_users_queue_and_isolation(service, jobs):
     assert status == 404 and "wf_1" in answer["error"]
     assert [m["name"] for m in call(url, "/models", user="bob")[1]] == [toml["job_id"]]
     assert call(url, "/jobs?all=true", user="bob")[0] == 403
+    assert recipe["hints"]["cpus"] == 1 and recipe["hints"]["cluster"].startswith("shared")
     status, answer = call(url, "/jobs?all=true", user="root")
     assert {j["job_id"] for j in answer["jobs"]} >= {recipe["job_id"], toml["job_id"]}
     assert {j["owner"] for j in answer["jobs"]} >= {"alice", "bob"}
-    assert call(url, f"/jobs/{recipe['job_id']}/bundle", user="root")[0] == 200
+    assert http(url, f"/jobs/{recipe['job_id']}/bundle", user="root")[0] == 200
     assert {m["name"] for m in call(url, "/models", user="root")[1]} >= {"wf_1", toml["job_id"]}
     assert call(url, "/jobs", user=None)[0] == 401
     assert call(url, "/jobs", headers={"Authorization": "Bearer nope"})[0] == 401
@@ -356,6 +399,10 @@ def test_cancel_a_running_job(service, jobs):
     status, answer = call(url, f"/status_docker?process_name={job['job_id']}", user="alice")
     assert answer["status"].startswith("Exited (143)")
     assert call(url, f"/jobs/{job['job_id']}/bundle", user="alice")[0] == 409
+    status, again = call(url, f"/jobs/{job['job_id']}/resubmit", user="alice", method="POST")
+    assert status == 201 and again["job_id"] != job["job_id"] and again["name"] == "long"
+    status, answer = call(url, f"/jobs/{again['job_id']}", user="alice", method="DELETE")
+    assert status == 200 and call(url, f"/jobs/{again['job_id']}", user="alice")[0] == 404
 
 
 def test_kill_and_restart_mid_job(service, jobs, workflow):
@@ -393,3 +440,9 @@ def test_kill_and_restart_mid_job(service, jobs, workflow):
     assert status == 200 and answer == {"deleted": job_id}
     assert call(url, f"/jobs/{job_id}", user="bob")[0] == 404
     assert not (service.state / "jobs" / job_id).exists()
+    assert call(url, "/uploads", user="alice")[1]["uploads"][0]["name"] == "wf"
+    assert call(url, "/delete_specs?name=wf", user="alice")[0] == 200
+    assert call(url, "/delete_folder?name=wf", user="alice") == (200, {"name": "wf",
+                                                                      "deleted": True})
+    assert call(url, "/uploads", user="alice")[1] == {"uploads": []}
+    assert not (service.state / "uploads" / "alice" / "wf").exists()

@@ -16,11 +16,8 @@ import datetime
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import threading
-import time
 import tomllib
 import uuid
 from collections.abc import Callable
@@ -39,21 +36,18 @@ from ..mlaas4hep import to_toml
 from ..outputs import atomic_path
 from ..serve import ErrorResponse, read_body
 from .auth import User
-from .confine import confine
+from .confine import confine, convert_workflow
 from .runner import Runner
 from .settings import ServiceSettings
-from .state import JobRecord, Store
+from .state import FINAL, JobRecord, Store
 from .uploads import check_name, receive, unpack, user_dir
 
-__all__ = ["FINAL", "Service", "WorkflowRequest", "job_json", "jobs_router", "uploads_router"]
+__all__ = ["Service", "WorkflowRequest", "job_json", "jobs_router", "uploads_router"]
 
 log = logging.getLogger("hepdask")
 
-FINAL = ("succeeded", "failed", "cancelled", "interrupted")
-ACTIVE = ("queued", "running")
 MAX_CONFIG_BYTES = 1 << 20
 UNPACKED_FACTOR = 10  # an upload may unpack to this many times --max-upload-mb
-CONVERT_TIMEOUT = 300.0  # seconds for a workflow's model file to say what it builds
 
 #: The answer of a refused request, for the schema.
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -194,8 +188,8 @@ class Service:
             raise RequestError("The config is not UTF-8 text: send the TOML file as it is "
                                "(curl --data-binary @config.toml).") from None
         except tomllib.TOMLDecodeError as err:
-            raise RequestError(f"The config is not valid TOML: {err}. Check it with python -m "
-                               "hepdask run CONFIG --help's parser, or any TOML linter.") from None
+            raise RequestError(f"The config is not valid TOML: {err}. Fix it there and submit "
+                               "it again.") from None
         root = user_dir(self.settings, user.name)
         cwd = self.folder(user, upload) if upload else root
         return self.submit(user.name, raw, name=name or raw.get("name") or "job",
@@ -203,40 +197,16 @@ class Service:
 
     def submit_workflow(self, user: User, request: WorkflowRequest) -> JobRecord:
         """A job from an MLaaS4HEP workflow in an upload folder, converted as
-        ``hepdask convert-mlaas4hep`` does. Its model file is user code: refused unless the
-        operator allows it, and imported (to tell Keras from XGBoost) only in a subprocess, so
-        that a model file that crashes or hangs cannot take the service down."""
+        ``hepdask convert-mlaas4hep`` does (:func:`~hepdask.service.confine.convert_workflow`:
+        its model file is user code, refused unless the operator allows it)."""
         folder = self.folder(user, request.name)
-        if not self.settings.allow_user_code:
-            raise RequestError(
-                f"An MLaaS4HEP workflow runs its model file ({request.model}), which is "
-                "arbitrary Python code, and this service does not run users' code: its operator "
-                "must start it with --allow-user-code. Submit a TOML config with a built-in "
-                "model instead (POST /jobs).", 403)
-        given = {"files": request.files, "labels": request.labels, "model": request.model,
-                 "params": request.params, "preproc": request.preproc}
-        command = [sys.executable, "-P", "-m", "hepdask", "convert-mlaas4hep"]
-        for key, value in given.items():
-            if value is None:
-                continue
-            if key != "labels" or (folder / value).is_file() or "/" in value:
-                self._inside(folder, value, key)
-            command += [f"--{key}", value]
-        try:
-            done = subprocess.run(command, cwd=folder, capture_output=True, text=True,
-                                  timeout=CONVERT_TIMEOUT, env=_job_env())
-        except subprocess.TimeoutExpired:
-            raise RequestError(f"The workflow's model file {request.model} did not return its "
-                               f"model within {CONVERT_TIMEOUT:g} s.") from None
-        if done.returncode != 0:
-            raise RequestError(_error_paragraph(done.stderr)
-                               or f"The workflow could not be converted: {done.stderr[-500:]}")
-        notes = [line.removeprefix("hepdask: ") for line in done.stderr.splitlines()
-                 if line.startswith("hepdask: MLaaS4HEP:")]
+        raw, notes = convert_workflow(
+            folder, files=request.files, labels=request.labels, model=request.model,
+            params=request.params, preproc=request.preproc, settings=self.settings,
+            user_root=user_dir(self.settings, user.name))
         hints = {"cpus": request.cpus, "memory": request.memory, "device": request.device}
-        return self.submit(user.name, tomllib.loads(done.stdout), name=request.name,
-                           kind="mlaas4hep", hints=hints, cwd=folder, upload=request.name,
-                           notes=notes)
+        return self.submit(user.name, raw, name=request.name, kind="mlaas4hep", hints=hints,
+                           cwd=folder, upload=request.name, notes=notes)
 
     def submit(self, owner: str, raw: dict, *, name: str, kind: str, hints: dict, cwd: Path,
                upload: str | None, notes: list[str] | tuple[str, ...] = ()) -> JobRecord:
@@ -285,28 +255,10 @@ class Service:
         return self.submit(job.owner, raw, name=job.name, kind=job.kind, hints=hints,
                            cwd=Path(job.cwd), upload=job.upload)
 
-    def cancel(self, job: JobRecord) -> JobRecord:
-        if job.state not in ACTIVE:
-            raise RequestError(f"Job {job.job_id} is {job.state}: only a queued or running job "
-                               "can be cancelled.", 409)
-        return self.runner.cancel(job.job_id)
-
-    def resume(self, job: JobRecord) -> JobRecord:
-        if job.state not in ("interrupted", "failed", "cancelled"):
-            raise RequestError(f"Job {job.job_id} is {job.state}: only an interrupted, failed "
-                               "or cancelled job can be resumed.", 409)
-        return self.runner.resume(job.job_id)
-
     def delete(self, job: JobRecord) -> None:
         """Cancel the job if it is active, then forget it and remove its folder."""
-        if job.state in ACTIVE:
-            self.runner.cancel(job.job_id)
-            deadline = time.monotonic() + 60
-            while (current := self.store.get(job.job_id)) and current.state in ACTIVE:
-                if time.monotonic() > deadline:
-                    raise RequestError(f"Job {job.job_id} did not stop within 60 s; try "
-                                       "again.", 409)
-                time.sleep(0.2)
+        if job.state not in FINAL:
+            self.runner.cancel(job.job_id)  # returns once its processes have ended
         self.store.delete(job.job_id)
         with self._lock:
             self._bundles.pop(job.job_id, None)
@@ -324,7 +276,8 @@ class Service:
         """The log from byte ``offset``, as it grows, until the job is final."""
         path = self.runner.log_path(job.job_id)
         while True:
-            final = (await run_in_threadpool(self.store.get, job.job_id) or job).state in FINAL
+            current = await run_in_threadpool(self.store.get, job.job_id)
+            final = current is None or current.state in FINAL  # None: deleted meanwhile
             chunk = await run_in_threadpool(self._read_from, path, offset)
             offset += len(chunk)
             if chunk:
@@ -413,23 +366,9 @@ class Service:
                                f"/upload?name={name}); GET /uploads lists yours.", 404)
         return folder
 
-    @staticmethod
-    def _inside(folder: Path, path: str, key: str) -> Path:
-        """``path`` of a workflow, which must name a file inside its upload folder."""
-        parts = PurePosixPath(path).parts
-        target = Path(os.path.realpath(folder.joinpath(*parts))) if parts else folder
-        if PurePosixPath(path).is_absolute() or ".." in parts \
-                or not target.is_relative_to(os.path.realpath(folder)):
-            raise RequestError(f"\"{key}\" is {path!r}: give a path inside the upload folder "
-                               f"{folder.name} (e.g. \"{key}.txt\"), not outside it.", 403)
-        if not target.is_file():
-            raise RequestError(f"\"{key}\" is {path!r}, which the upload folder {folder.name} "
-                               "does not have.", 422)
-        return target
-
     def _busy(self, owner: str, name: str) -> None:
         """409 while a queued or running job reads the upload folder ``name``."""
-        busy = [j.job_id for j in self.store.jobs(owner) if j.upload == name and j.state in ACTIVE]
+        busy = [j.job_id for j in self.store.jobs(owner) if j.upload == name and j.state not in FINAL]
         if busy:
             raise RequestError(f"The upload {name!r} is read by the job(s) {', '.join(busy)}, "
                                "which are queued or running: wait for them or cancel them.", 409)
@@ -511,22 +450,6 @@ def _hints(hints: dict) -> dict:
     return out
 
 
-def _error_paragraph(stderr: str) -> str | None:
-    """The ``hepdask: error: ...`` paragraph of a hepdask command's stderr."""
-    lines = stderr.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("hepdask: error: "):
-            return " ".join([line.removeprefix("hepdask: error: "), *lines[i + 1:]]).strip()
-    return None
-
-
-def _job_env() -> dict[str, str]:
-    """The service's environment for a subprocess that runs hepdask on user files."""
-    env = dict(os.environ)
-    env.pop("HEPDASK_EVENTS", None)
-    return env
-
-
 def jobs_router(service: Service, user: Callable) -> fastapi.APIRouter:
     """``/jobs``: submit, list, follow, cancel, resume, resubmit, delete, fetch."""
     router = fastapi.APIRouter(prefix="/jobs", tags=["jobs"], responses=ERRORS)
@@ -578,12 +501,12 @@ def jobs_router(service: Service, user: Callable) -> fastapi.APIRouter:
     @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or "
                  "running job (its processes are stopped)")
     def cancel(job: JobRecord = this_job) -> dict:
-        return job_json(service.cancel(job))
+        return job_json(service.runner.cancel(job.job_id))
 
     @router.post("/{job_id}/resume", response_model=JobOut,
                  summary="Queue an interrupted, failed or cancelled job again, with --resume")
     def resume(job: JobRecord = this_job) -> dict:
-        return job_json(service.resume(job))
+        return job_json(service.runner.resume(job.job_id))
 
     @router.post("/{job_id}/resubmit", status_code=201, response_model=JobOut,
                  summary="A new job with the same config")

@@ -63,7 +63,6 @@ def make_app(settings: ServiceSettings, *, auth: Callable[[str], User] | None, r
     app.include_router(uploads_router(service, user))
     app.include_router(compat_router(service, user))
     app.include_router(inference_router(service.bundles_for, user))
-    app.state.service = service
     return app
 
 
