@@ -8,6 +8,7 @@ import contextlib
 import faulthandler
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from .config import CLUSTER_KINDS
 from .errors import HepdaskError
 from .predict import FORMATS
+from .service.client import DEFAULT_URL
 
 __all__ = ["main"]
 
@@ -182,6 +184,62 @@ def _parser() -> argparse.ArgumentParser:
                          help="serve a non-loopback --host without auth")
     with_cluster(service, example="cluster.n_workers=4")
     service.set_defaults(func=_service)
+
+    def with_server(p: argparse.ArgumentParser, func) -> argparse.ArgumentParser:
+        p.add_argument("--server", metavar="URL",
+                       default=os.environ.get("HEPDASK_SERVER", DEFAULT_URL),
+                       help="the hepdask service (default $HEPDASK_SERVER, else %(default)s)")
+        p.add_argument("--token-file", metavar="PATH",
+                       default=os.environ.get("HEPDASK_TOKEN_FILE"),
+                       help="the file holding your bearer token (default $HEPDASK_TOKEN_FILE)")
+        p.set_defaults(func=func, quiet=False)  # -q: submit only
+        return p
+
+    submit = with_server(sub.add_parser(
+        "submit", help="submit a run to a hepdask service",
+        description="Queue a run of CONFIG on a hepdask service. Relative paths in the config "
+                    "are taken from your folder on the service (or the upload --upload)."),
+        _submit)
+    submit.add_argument("config", metavar="CONFIG", help="the run's TOML file")
+    submit.add_argument("--name", help="the job's name (default: the config's name)")
+    submit.add_argument("--cpus", type=float, help="CPU cores the job needs")
+    submit.add_argument("--memory", help="memory the job needs, e.g. 4GB")
+    submit.add_argument("--device", choices=["cpu", "gpu"], help="the device the job needs")
+    submit.add_argument("--upload", metavar="NAME",
+                        help="run in your upload folder NAME (see hepdask upload)")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow the job until it ends; exit 0 only if it succeeded")
+    submit.add_argument("-q", "--quiet", action="store_true",
+                        help="with --wait: print only the outcome")
+
+    jobs = with_server(sub.add_parser("jobs", help="list your jobs on a hepdask service"), _jobs)
+    jobs.add_argument("--all", action="store_true", help="every user's jobs (admins)")
+
+    logs = with_server(sub.add_parser("logs", help="print a job's log"), _logs)
+    logs.add_argument("job", metavar="JOB", help="the job id, e.g. higgs_1")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing new lines until the job ends")
+
+    fetch = with_server(sub.add_parser(
+        "fetch", help="download a succeeded job's run directory",
+        description="Download a succeeded job's run directory (its model bundle, metrics and "
+                    "plots) into the new folder DIR, for Bundle.load, predict and serve."),
+        _fetch)
+    fetch.add_argument("job", metavar="JOB", help="the job id")
+    fetch.add_argument("-o", "--output", required=True, metavar="DIR",
+                       help="the folder to write (replaced once the download is complete)")
+
+    upload = with_server(sub.add_parser(
+        "upload", help="upload a folder of files for jobs to read",
+        description="Upload a folder (or a .tar.gz of one) as your folder NAME on the service: "
+                    "jobs submitted with --upload NAME, and MLaaS4HEP workflows, read it."),
+        _upload)
+    upload.add_argument("source", metavar="DIR_OR_TGZ", help="a folder or a .tar.gz of one")
+    upload.add_argument("--name", required=True, help="the upload's name")
+
+    cancel = with_server(sub.add_parser("cancel", help="cancel a queued or running job"),
+                         _cancel)
+    cancel.add_argument("job", metavar="JOB", help="the job id")
 
     data = sub.add_parser("data", help="prepare a known data set as ROOT files")
     data.add_argument("dataset", choices=["higgs"], help="higgs: the 2014 ATLAS HiggsML challenge")
@@ -418,6 +476,93 @@ def _run_tables(run_dir: Path, overrides: Sequence[str]):
                                      overrides), ("cluster", "data"), "predict")
     return (from_table(ClusterConfig, raw["cluster"], "cluster"),
             from_table(DataConfig, raw["data"], "data"))
+
+
+def _service_client(args):
+    from .service.client import Client
+
+    return Client(args.server, token_file=args.token_file)
+
+
+def _submit(args) -> int:
+    from .service.client import describe
+
+    service = _service_client(args)
+    job = service.submit(args.config, name=args.name, cpus=args.cpus, memory=args.memory,
+                         device=args.device, upload=args.upload)
+    job_id = job["job_id"]
+    server = f"--server {args.server}"
+    if not args.wait:
+        print(f"Submitted {job_id} ({job['state']}); follow it with: hepdask logs {job_id} "
+              f"--follow {server}")
+        return 0
+    try:
+        job = service.wait(job_id, on_update=None if args.quiet else
+                           lambda j: print(describe(j), flush=True))
+    except KeyboardInterrupt:
+        print(f"hepdask: stopped waiting; {job_id} keeps running on the service. Follow it "
+              f"with: hepdask logs {job_id} --follow {server}; cancel it with: hepdask cancel "
+              f"{job_id} {server}", file=sys.stderr)
+        return 130
+    if job["state"] == "succeeded":
+        summary = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in (job.get("summary") or {}).items())
+        print(f"{job_id} succeeded" + (f": {summary}" if summary else "")
+              + f"\nFetch its run directory with: hepdask fetch {job_id} -o DIR {server}")
+        return 0
+    reason = job.get("error") or {"cancelled": "it was cancelled.",
+                                  "interrupted": "the service stopped while it ran."}.get(
+                                      job["state"], "no reason given.")
+    hint = f" Resume it with the API's POST /jobs/{job_id}/resume." \
+        if job["state"] == "interrupted" else ""
+    print(f"hepdask: {job_id} {job['state']}: {reason}{hint} Its log: hepdask logs {job_id} "
+          f"{server}", file=sys.stderr)
+    return 1
+
+
+def _jobs(args) -> int:
+    jobs = _service_client(args).jobs(all=args.all)
+    rows = [("JOB", "STATE", "OWNER", "SUBMITTED", "RESULT")]
+    for job in jobs:
+        summary, error = job.get("summary") or {}, (job.get("error") or "").strip()
+        result = (f"auc {summary['auc']:.4f}" if isinstance(summary.get("auc"), float)
+                  else error.splitlines()[0][:60] if error else "")
+        rows.append((job["job_id"], job["state"], job["owner"],
+                     (job.get("submitted") or "")[:19], result))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+    if not jobs:
+        print("(no jobs)")
+    return 0
+
+
+def _logs(args) -> int:
+    text = _service_client(args).logs(args.job, follow=args.follow)
+    for line in [text] if isinstance(text, str) else text:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    return 0
+
+
+def _fetch(args) -> int:
+    path = _service_client(args).fetch(args.job, args.output)
+    print(f"The run directory of {args.job} is in {path} (hepdask predict {path} FILES -o DIR, "
+          f"hepdask serve {path}, or Bundle.load)")
+    return 0
+
+
+def _upload(args) -> int:
+    answer = _service_client(args).upload(args.source, args.name)
+    print(f"Uploaded {args.source} as {answer['name']} ({len(answer.get('files') or [])} files, "
+          f"{answer['size']:,} bytes); submit with --upload {answer['name']} to run in it")
+    return 0
+
+
+def _cancel(args) -> int:
+    job = _service_client(args).cancel(args.job)
+    print(f"{job['job_id']}: {job['state']}")
+    return 0
 
 
 def _data(args) -> int:

@@ -18,6 +18,7 @@ the cluster); :class:`RunState` folds such messages into the state of a run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import html
@@ -200,14 +201,22 @@ class Progress:
             self._file.flush()
 
     def watch(self, futures: list) -> None:
-        """Block until ``futures`` are done, drawing the scheduler's count of their tasks."""
+        """Block until ``futures`` are done, drawing the scheduler's count of their tasks.
+
+        The futures, not the count, say when: the scheduler keeps one count per set of keys,
+        and two runs of one config on a shared cluster (the service's) have the same keys, so
+        the later run's count replaces the earlier's, which then never ends."""
         if self._bar is None or not futures:
             distributed.wait(futures)
             return
         feed = _TaskFeed(futures, scheduler=self.client.scheduler.address, interval="200ms")
         feed.bar = self._bar
-        self.client.sync(feed.listen)
-        distributed.wait(futures)
+        drawing = asyncio.run_coroutine_threadsafe(feed.listen(),
+                                                   self.client.loop.asyncio_loop)
+        try:
+            distributed.wait(futures)
+        finally:
+            drawing.cancel()
 
     def _on_event(self, event: tuple[float, dict]) -> None:
         message = event[1]
