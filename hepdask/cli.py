@@ -237,9 +237,12 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("source", metavar="DIR_OR_TGZ", help="a folder or a .tar.gz of one")
     upload.add_argument("--name", required=True, help="the upload's name")
 
-    cancel = with_server(sub.add_parser("cancel", help="cancel a queued or running job"),
-                         _cancel)
-    cancel.add_argument("job", metavar="JOB", help="the job id")
+    for action, text in (("cancel", "cancel a queued or running job"),
+                         ("resume", "queue an interrupted, failed or cancelled job again (a "
+                                    "Keras run continues from its last checkpoint)")):
+        command = with_server(sub.add_parser(action, help=text, description=text), _job_action)
+        command.add_argument("job", metavar="JOB", help="the job id")
+        command.set_defaults(action=action)
 
     data = sub.add_parser("data", help="prepare a known data set as ROOT files")
     data.add_argument("dataset", choices=["higgs"], help="higgs: the 2014 ATLAS HiggsML challenge")
@@ -513,7 +516,7 @@ def _submit(args) -> int:
     reason = job.get("error") or {"cancelled": "it was cancelled.",
                                   "interrupted": "the service stopped while it ran."}.get(
                                       job["state"], "no reason given.")
-    hint = f" Resume it with the API's POST /jobs/{job_id}/resume." \
+    hint = f" Resume it with: hepdask resume {job_id} {server}." \
         if job["state"] == "interrupted" else ""
     print(f"hepdask: {job_id} {job['state']}: {reason}{hint} Its log: hepdask logs {job_id} "
           f"{server}", file=sys.stderr)
@@ -559,8 +562,9 @@ def _upload(args) -> int:
     return 0
 
 
-def _cancel(args) -> int:
-    job = _service_client(args).cancel(args.job)
+def _job_action(args) -> int:
+    """``hepdask cancel JOB`` and ``hepdask resume JOB``."""
+    job = getattr(_service_client(args), args.action)(args.job)
     print(f"{job['job_id']}: {job['state']}")
     return 0
 

@@ -1,5 +1,5 @@
 """The service's client, :class:`hepdask.service.client.Client` and the ``submit``/``jobs``/
-``logs``/``fetch``/``upload``/``cancel`` commands.
+``logs``/``fetch``/``upload``/``cancel``/``resume`` commands.
 
 Two servers, both real HTTP on loopback: a small stand-in app in a uvicorn thread, for what the
 real service cannot be made to do on purpose (answer with a tampered bundle, fall silent in
@@ -264,6 +264,9 @@ def test_failed_and_interrupted_waits(service, alice, tmp_path):
     cancelled = cli("cancel", job_id, env=alice)
     assert cancelled.returncode == 0 and cancelled.stdout.strip() == f"{job_id}: cancelled"
     assert client.wait(job_id, timeout=60)["state"] == "cancelled"
+    resumed = cli("resume", job_id, env=alice)
+    assert resumed.returncode == 0 and resumed.stdout.strip() == f"{job_id}: queued"
+    assert client.cancel(job_id)["state"] == "cancelled"
 
 
 def test_client_refusals_from_the_service(service, tmp_path):
