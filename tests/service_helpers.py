@@ -59,7 +59,8 @@ class Service:
         tokens.write_text("".join(f"{t} {u}{' admin' if u == 'root' else ''}\n"
                                   for u, t in TOKENS.items()))
         command = [sys.executable, "-m", "hepdask", "service", "--port", str(self.port),
-                   "--state", str(self.state), "--token-file", str(tokens),
+                   # relative, as typed: jobs run elsewhere (in the users' folders)
+                   "--state", str(self.state.relative_to(self.base)), "--token-file", str(tokens),
                    "--max-jobs", "1", "--max-upload-mb", "2",
                    "--set", "cluster.dashboard_address='127.0.0.1:0'",
                    "--set", "cluster.n_workers=1", "--set", "cluster.threads_per_worker=2",

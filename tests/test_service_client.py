@@ -211,7 +211,9 @@ def test_submit_wait_jobs_logs_fetch(service, alice, tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0] == "small_1: queued (position 1 in the queue)" or \
         lines[0].startswith("small_1: running"), lines
-    assert any(re.fullmatch(r"small_1: running, train: round \d of 5.*", x) for x in lines), lines
+    # the phases as the polls saw them (5 rounds may all fall between two polls)
+    assert any(re.fullmatch(r"small_1: running, (specs|features|train): .+", x)
+               for x in lines), lines
     assert re.search(r"small_1 succeeded: .*auc 0\.\d+", done.stdout)
     assert "hepdask fetch small_1 -o DIR" in done.stdout
     assert len(lines) == len(set(lines))  # each change once

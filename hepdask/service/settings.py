@@ -47,14 +47,18 @@ class ServiceSettings:
     max_upload_mb: float = 1024.0
     admins: tuple[str, ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        # absolute: jobs run in the users' folders, not in the directory the service started in
+        object.__setattr__(self, "state", Path(self.state).resolve())
+
     @property
     def database_url(self) -> str:
-        return self.database or f"sqlite:///{Path(self.state).resolve() / 'service.db'}"
+        return self.database or f"sqlite:///{self.state / 'service.db'}"
 
     @property
     def uploads(self) -> Path:
-        return Path(self.state) / "uploads"
+        return self.state / "uploads"
 
     @property
     def jobs(self) -> Path:
-        return Path(self.state) / "jobs"
+        return self.state / "jobs"
