@@ -32,6 +32,7 @@ import os
 import queue
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,10 @@ MODEL_FILE = "torch_model.py"  # a user model's file, in the bundle
 
 def import_torch():
     """torch, or a clear message on how to install it."""
+    # The XRootD bindings' exit handler looks at every object, torch's deprecated reduce_op
+    # class too, which would print a FutureWarning as each run ends.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated",
+                            category=FutureWarning)
     try:
         import torch
     except ImportError:
