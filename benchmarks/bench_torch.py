@@ -19,7 +19,6 @@ libraries are started before the clock starts.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -69,7 +68,7 @@ def step_in_memory(directory: str, workers: int) -> dict:
 
     from hepdask.cluster import connect
     from hepdask.stream import BatchStream, make_transform
-    from hepdask.train.torch import _build, import_torch
+    from hepdask.train.torch import _build, import_torch, trainer_threads
 
     torch = import_torch()
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,6 +76,7 @@ def step_in_memory(directory: str, workers: int) -> dict:
         cfg = pipe.config.train
         with connect(pipe.config.cluster) as client:
             features = pipe.features(client=client)
+            threads = trainer_threads(client)  # the engine's, beside the same cluster
             transform = make_transform(features.layout, pipe.specs(), cfg.stream)
             arrays = {}
             for split in ("train", "validation"):
@@ -85,7 +85,7 @@ def step_in_memory(directory: str, workers: int) -> dict:
                 parts = list(stream.epoch())
                 arrays[split] = [torch.from_numpy(np.concatenate([p[i] for p in parts]))
                                  for i in range(3)]
-    torch.set_num_threads(len(os.sched_getaffinity(0)))  # as the engine does
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     (X, y, w), (Xv, yv, wv) = arrays["train"], arrays["validation"]
     network, *_ = _build(torch, cfg.torch, X.shape[1], 2)
@@ -110,7 +110,8 @@ def step_in_memory(directory: str, workers: int) -> dict:
                    for lo in range(0, len(yv), batch)]
             float(sum(val) / wv.sum())
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "events_per_s": EPOCHS * len(y) / seconds, "n_train": len(y)}
+    return {"seconds": seconds, "events_per_s": EPOCHS * len(y) / seconds, "n_train": len(y),
+            "threads": threads}
 
 
 STEPS = {f.__name__: f for f in (step_stream, step_in_memory)}
@@ -127,8 +128,8 @@ def main() -> None:
     memory = child("step_in_memory", str(data), w, script=__file__)
     stream = child("step_stream", str(data), w, "torch", script=__file__)
     keras = child("step_stream", str(data), w, "keras", script=__file__)
-    print(f"  torch, in memory (preloaded tensors): {memory['seconds']:.1f} s, "
-          f"{memory['events_per_s']:,.0f} events/s")
+    print(f"  torch, in memory (preloaded tensors, {memory['threads']} threads as the engine): "
+          f"{memory['seconds']:.1f} s, {memory['events_per_s']:,.0f} events/s")
     print(f"  torch engine, streamed:  {stream['seconds']:.1f} s (train phase, incl. validation "
           f"and checkpoints), {stream['events_per_s']:,.0f} events/s, val AUC "
           f"{stream['val_auc']:.4f}")

@@ -338,7 +338,7 @@ class TorchConfig:
     optimizer: str = "adam"  # adam, adamw, sgd or rmsprop (a user file's optimizer() wins)
     epochs: int = 10
     patience: int | None = 3  # epochs without val_loss improvement before stopping
-    threads: int | None = None  # torch's CPU threads in the trainer; unset: this process's CPUs
+    threads: int | None = None  # torch's CPU threads in the trainer; unset: the CPUs no local worker uses
 
     def __post_init__(self) -> None:
         check_function_spec("train.torch.model", self.model,

@@ -30,6 +30,7 @@ import io
 import logging
 import os
 import queue
+import socket
 import tempfile
 import threading
 import warnings
@@ -49,7 +50,7 @@ from ..stream import BatchStream, StreamedModel, Transform, make_transform
 from ..usercode import call_function, load_function
 from ._network import EpochState, end_epoch, open_checkpoints, split_history
 
-__all__ = ["TorchModel", "import_torch", "train_torch"]
+__all__ = ["TorchModel", "import_torch", "train_torch", "trainer_threads"]
 
 log = logging.getLogger("hepdask")
 
@@ -168,10 +169,10 @@ def train_torch(client, features: Features, specs: Specs, config: TorchConfig,
     if not len(train):
         raise HepdaskError("The training split is empty: check split.train and the samples.")
 
-    with _torch_settings(torch, config.threads, seed=stream.seed):
+    with _torch_settings(torch, config.threads or trainer_threads(client), seed=stream.seed):
         network, definition, source, functions = _build(torch, config, len(names),
                                                         specs.n_classes)
-        loss = _loss(torch, definition, functions.get("loss"), config.model)
+        loss = _loss(torch, definition, functions.get("loss"))
         network.to(device)
         optimizer = _optimizer(torch, network, config, functions.get("optimizer"))
         checkpoints, state = open_checkpoints(run_dir, resume=resume, epochs=config.epochs)
@@ -215,13 +216,26 @@ def train_torch(client, features: Features, specs: Specs, config: TorchConfig,
                       state.best_epoch, definition, source)
 
 
+def trainer_threads(client) -> int:
+    """torch's threads for a trainer beside ``client``'s workers: this process's CPUs less the
+    threads of the workers on this machine (they compute the coming batches meanwhile), at
+    least one. OpenMP threads that share their cores slow down many times over (a 1024-512-256
+    network: 2,800 events/s with two threads on two busy cores, 13,900 with one)."""
+    here = {"127.0.0.1", "localhost", socket.gethostname()}
+    with contextlib.suppress(OSError):
+        here.add(socket.gethostbyname(socket.gethostname()))
+    workers = client.scheduler_info().get("workers", {}).values()
+    local = sum(w.get("nthreads", 1) for w in workers if w.get("host") in here)
+    return max(1, len(os.sched_getaffinity(0)) - local)
+
+
 @contextlib.contextmanager
-def _torch_settings(torch, threads: int | None, *, seed: int) -> Iterator[None]:
-    """Seeded, deterministic algorithms and ``threads`` CPU threads (this process's CPUs when
-    unset) while training; torch's settings as they were afterwards."""
+def _torch_settings(torch, threads: int, *, seed: int) -> Iterator[None]:
+    """Seeded, deterministic algorithms and ``threads`` CPU threads while training; torch's
+    settings as they were afterwards."""
     before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
               torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)  # warn only: some CUDA kernels
     torch.manual_seed(seed)  # the same initial weights run after run
     try:
@@ -326,7 +340,7 @@ def _probabilities(torch, out, probabilities: bool):
     return out if probabilities else torch.softmax(out, dim=1)
 
 
-def _loss(torch, definition: dict, user: tuple | None, source: str | None):
+def _loss(torch, definition: dict, user: tuple | None):
     """``loss(outputs, y) -> one loss per event`` (y: the labels as floats)."""
     one = definition["n_outputs"] == 1
     if user is not None:
@@ -383,19 +397,22 @@ def _pass(torch, network, definition: dict, loss, batches: Iterator, device: str
     loss and AUC (one-vs-rest for several classes, with the accuracy) of the pass."""
     total = weight = 0.0
     scores, labels, weights = [], [], []
-    for X, y, w in batches:
-        X, y, w = (t.to(device, non_blocking=True) for t in (X, y, w))
-        out = network(X)
-        summed, events = (loss(out, y) * w).sum(), w.sum()
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-            (summed / events.clamp_min(1e-12)).backward()
-            optimizer.step()
-        total, weight = total + summed.detach(), weight + events  # on the device: no sync
-        scores.append(_probabilities(torch, out.detach(), definition["probabilities"]))
-        labels.append(y)
-        weights.append(w)
+    with contextlib.closing(batches):  # its thread stops also when the network fails
+        for X, y, w in batches:
+            X, y, w = (t.to(device, non_blocking=True) for t in (X, y, w))
+            out = network(X)
+            summed, events = (loss(out, y) * w).sum(), w.sum()
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                (summed / events.clamp_min(1e-12)).backward()
+                optimizer.step()
+            total, weight = total + summed.detach(), weight + events  # on the device: no sync
+            scores.append(_probabilities(torch, out.detach(), definition["probabilities"]))
+            labels.append(y)
+            weights.append(w)
     p, y, w = (torch.cat(t).cpu().numpy() for t in (scores, labels, weights))
+    if p.ndim > 1 and p.shape[1] == 2:
+        p = p[:, 1]  # two softmax outputs: the signal's
     logs = {"loss": float(total) / max(float(weight), 1e-12)}
     if len(np.unique(y)) > 1:
         multi = p.ndim > 1
