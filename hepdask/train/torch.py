@@ -218,15 +218,17 @@ def train_torch(client, features: Features, specs: Specs, config: TorchConfig,
 
 def trainer_threads(client) -> int:
     """torch's threads for a trainer beside ``client``'s workers: this process's CPUs less the
-    threads of the workers on this machine (they compute the coming batches meanwhile), at
-    least one. OpenMP threads that share their cores slow down many times over (a 1024-512-256
-    network: 2,800 events/s with two threads on two busy cores, 13,900 with one)."""
+    threads of the workers on this machine (they compute the coming batches meanwhile), and
+    at least half of the CPUs (the workers mostly wait for the trainer), at least one. OpenMP
+    threads that share their cores slow down many times over (a 1024-512-256 network: 2,800
+    events/s with two threads on two busy cores, 13,900 with one)."""
     here = {"127.0.0.1", "localhost", socket.gethostname()}
     with contextlib.suppress(OSError):
         here.add(socket.gethostbyname(socket.gethostname()))
     workers = client.scheduler_info().get("workers", {}).values()
     local = sum(w.get("nthreads", 1) for w in workers if w.get("host") in here)
-    return max(1, len(os.sched_getaffinity(0)) - local)
+    cpus = len(os.sched_getaffinity(0))
+    return max(1, cpus - local, cpus // 2)
 
 
 @contextlib.contextmanager
