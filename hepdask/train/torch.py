@@ -3,8 +3,7 @@
 The batches are those of the Keras engine (:class:`~hepdask.stream.BatchStream`: every sample
 in its proportion, true reshuffled epochs, weights and class balancing, missing values as 0),
 and so are the checkpoints, ``--resume``, early stopping on ``val_loss`` with the best weights
-restored, and the history (:mod:`._network`). A thread assembles the next batches while the
-network computes.
+restored, and the history (:mod:`._network`).
 
 The network is the built-in dense one (``[train.torch]`` hidden, activation, dropout) or the
 ``torch.nn.Module`` that ``function(n_features)`` of a user file returns. It gives one output
@@ -29,10 +28,8 @@ import inspect
 import io
 import logging
 import os
-import queue
 import socket
 import tempfile
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -197,13 +194,13 @@ def train_torch(client, features: Features, specs: Specs, config: TorchConfig,
                 break
             torch.manual_seed(int(np.random.SeedSequence([stream.seed, epoch]).generate_state(1)[0]))
             network.train()
-            logs = _pass(torch, network, definition, loss, _ahead(train, epoch), device,
+            logs = _pass(torch, network, definition, loss, _tensors(train, epoch), device,
                          optimizer=optimizer)
             if len(valid):
                 network.eval()
                 with torch.inference_mode():
                     logs |= {f"val_{k}": v for k, v in _pass(
-                        torch, network, definition, loss, _ahead(valid, 0), device).items()}
+                        torch, network, definition, loss, _tensors(valid, 0), device).items()}
             end_epoch(checkpoints, state, epoch, logs, patience=config.patience, suffix=".pt",
                       save=save, on_epoch=on_epoch, epochs=config.epochs)
     train.release()
@@ -399,19 +396,18 @@ def _pass(torch, network, definition: dict, loss, batches: Iterator, device: str
     loss and AUC (one-vs-rest for several classes, with the accuracy) of the pass."""
     total = weight = 0.0
     scores, labels, weights = [], [], []
-    with contextlib.closing(batches):  # its thread stops also when the network fails
-        for X, y, w in batches:
-            X, y, w = (t.to(device, non_blocking=True) for t in (X, y, w))
-            out = network(X)
-            summed, events = (loss(out, y) * w).sum(), w.sum()
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                (summed / events.clamp_min(1e-12)).backward()
-                optimizer.step()
-            total, weight = total + summed.detach(), weight + events  # on the device: no sync
-            scores.append(_probabilities(torch, out.detach(), definition["probabilities"]))
-            labels.append(y)
-            weights.append(w)
+    for X, y, w in batches:
+        X, y, w = (t.to(device, non_blocking=True) for t in (X, y, w))
+        out = network(X)
+        summed, events = (loss(out, y) * w).sum(), w.sum()
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            (summed / events.clamp_min(1e-12)).backward()
+            optimizer.step()
+        total, weight = total + summed.detach(), weight + events  # on the device: no sync
+        scores.append(_probabilities(torch, out.detach(), definition["probabilities"]))
+        labels.append(y)
+        weights.append(w)
     p, y, w = (torch.cat(t).cpu().numpy() for t in (scores, labels, weights))
     if p.ndim > 1 and p.shape[1] == 2:
         p = p[:, 1]  # two softmax outputs: the signal's
@@ -426,42 +422,12 @@ def _pass(torch, network, definition: dict, loss, batches: Iterator, device: str
     return logs
 
 
-def _ahead(stream: BatchStream, epoch: int, depth: int = 3) -> Iterator:
-    """The batches of ``epoch`` as tensors, assembled by a thread ``depth`` batches ahead so
-    that waiting on the cluster and concatenating overlap with the network's computation. An
-    error of the thread (an interruption too) is raised here."""
+def _tensors(stream: BatchStream, epoch: int) -> Iterator:
+    """The batches of ``epoch`` as tensors (sharing the arrays' memory). In this thread: the
+    workers already compute the coming blocks ahead, and a thread assembling batches here
+    would contend for the GIL with the network's every operation (measured: half the
+    events/s)."""
     import torch
 
-    done = object()
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for X, y, w in stream.epoch(epoch):
-                if not put(tuple(torch.from_numpy(a) for a in (X, y, w))):
-                    return
-            put(done)
-        except BaseException as err:  # an interruption too: the trainer raises it
-            put(err)
-
-    thread = threading.Thread(target=produce, name="hepdask-batches", daemon=True)
-    thread.start()
-    try:
-        while (item := items.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
+    for X, y, w in stream.epoch(epoch):
+        yield torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(w)
