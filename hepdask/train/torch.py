@@ -194,8 +194,12 @@ def train_torch(client, features: Features, specs: Specs, config: TorchConfig,
                 break
             torch.manual_seed(int(np.random.SeedSequence([stream.seed, epoch]).generate_state(1)[0]))
             network.train()
+            if len(valid):
+                valid.warm(0)  # computed while the network trains
             logs = _pass(torch, network, definition, loss, _tensors(train, epoch), device,
                          optimizer=optimizer)
+            if epoch + 1 < config.epochs:
+                train.warm(epoch + 1)  # computed during the validation pass
             if len(valid):
                 network.eval()
                 with torch.inference_mode():
