@@ -217,6 +217,10 @@ class Progress:
             distributed.wait(futures)
         finally:
             drawing.cancel()
+            with contextlib.suppress(BaseException):  # let the feed stop drawing first
+                drawing.result(timeout=1)
+        if self._bar.total:  # done: the scheduler's last count may not have arrived
+            self._bar.update(self._bar.total, note=self._bar.note)
 
     def _on_event(self, event: tuple[float, dict]) -> None:
         message = event[1]

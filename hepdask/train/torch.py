@@ -166,7 +166,8 @@ def train_torch(client, features: Features, specs: Specs, config: TorchConfig,
     if not len(train):
         raise HepdaskError("The training split is empty: check split.train and the samples.")
 
-    with _torch_settings(torch, config.threads or trainer_threads(client), seed=stream.seed):
+    with _torch_settings(torch, config.threads or trainer_threads(client), seed=stream.seed,
+                         cuda=torch.device(device).type == "cuda"):
         network, definition, source, functions = _build(torch, config, len(names),
                                                         specs.n_classes)
         loss = _loss(torch, definition, functions.get("loss"))
@@ -233,19 +234,25 @@ def trainer_threads(client) -> int:
 
 
 @contextlib.contextmanager
-def _torch_settings(torch, threads: int, *, seed: int) -> Iterator[None]:
-    """Seeded, deterministic algorithms and ``threads`` CPU threads while training; torch's
-    settings as they were afterwards."""
+def _torch_settings(torch, threads: int, *, seed: int, cuda: bool) -> Iterator[None]:
+    """Seeded (and on a GPU, deterministic algorithms) with ``threads`` CPU threads while
+    training; torch's settings as they were afterwards.
+
+    On the CPU a dense network's kernels are deterministic for a given thread count, and
+    ``torch.use_deterministic_algorithms`` imports triton, which crashes the process when
+    TensorFlow was imported first (a Keras run earlier in the same notebook or Python)."""
     before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
               torch.is_deterministic_algorithms_warn_only_enabled())
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)  # warn only: some CUDA kernels
+    if cuda:
+        torch.use_deterministic_algorithms(True, warn_only=True)  # warn: some CUDA kernels
     torch.manual_seed(seed)  # the same initial weights run after run
     try:
         yield
     finally:
         torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        if cuda:
+            torch.use_deterministic_algorithms(before[1], warn_only=before[2])
 
 
 def _build(torch, config: TorchConfig, n_inputs: int, n_classes: int):
