@@ -186,3 +186,15 @@ def test_a_missing_converter_names_the_extra(trained, tmp_path, monkeypatch):
                                            r"pip install 'hepdask\[onnx\]'"):
         export_onnx(run_dir, tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_an_unfaithful_conversion_is_not_written(trained, tmp_path, monkeypatch):
+    """The export compares onnxruntime with the model before writing anything."""
+    from hepdask.train.xgboost import XGBoostModel
+
+    original = XGBoostModel.score_matrix
+    monkeypatch.setattr(XGBoostModel, "score_matrix", lambda self, X: original(self, X) + 1e-3)
+    with pytest.raises(HepdaskError, match=r"does not reproduce its scores \(largest difference "
+                                           r"0\.001.*model\.onnx was not written"):
+        export_onnx(trained("xgboost"), tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
