@@ -42,7 +42,7 @@ FEATURES = "features.json"
 
 #: The packages whose versions a bundle records, per engine (besides the common ones).
 _PACKAGES = {"xgboost": ["xgboost"], "keras": ["keras", "tensorflow-cpu", "tensorflow"],
-             "sklearn": ["scikit-learn"]}
+             "torch": ["torch"], "sklearn": ["scikit-learn"]}
 _COMMON = ["hepdask", "numpy", "awkward", "uproot"]
 
 
@@ -83,7 +83,7 @@ class Bundle:
 
     name: str
     path: Path
-    model: Any  # XGBoostModel, KerasModel or SklearnModel
+    model: Any  # XGBoostModel, KerasModel, TorchModel or SklearnModel
     layout: Layout
     preprocess: Preprocess
     info: dict  # bundle.json as written
@@ -114,6 +114,8 @@ class Bundle:
             from .train.xgboost import XGBoostModel as Model
         elif engine == "keras":
             from .train.keras import KerasModel as Model
+        elif engine == "torch":
+            from .train.torch import TorchModel as Model
         else:
             from .train.sklearn import SklearnModel as Model
         model = Model.load(run_dir, model_info, names)

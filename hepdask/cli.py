@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config("run", "prepare data, compute specs, train and evaluate")
     run.add_argument("--recompute-specs", action="store_true", help="ignore a cached specs.json")
     run.add_argument("--resume", action="store_true",
-                     help="keras: continue an interrupted run from its last checkpoint")
+                     help="keras, torch: continue an interrupted run from its last checkpoint")
     run.add_argument("--report", action="store_true",
                      help="save the Dask performance report as dask-report.html in the run "
                           "directory")
@@ -194,8 +194,8 @@ def _mlaas4hep_options(parser: argparse.ArgumentParser) -> None:
                                         "branch holding each event's label")
     group.add_argument("--params", help="params.json")
     group.add_argument("--preproc", help="preproc.json (new_branch, flat_cut, jagged_cut)")
-    group.add_argument("--model", help="a Python file defining model(idim) (Keras) or model() "
-                                       "(XGBoost or scikit-learn estimator)")
+    group.add_argument("--model", help="a Python file defining model(idim) (Keras or PyTorch) "
+                                       "or model() (XGBoost or scikit-learn estimator)")
 
 
 def _mlaas4hep_config(args) -> tuple[dict, str]:

@@ -40,6 +40,7 @@ __all__ = [
     "SklearnConfig",
     "SplitConfig",
     "StreamConfig",
+    "TorchConfig",
     "TrainConfig",
     "XGBoostConfig",
     "apply_overrides",
@@ -49,7 +50,8 @@ __all__ = [
 ]
 
 NORMALIZATIONS = ("standard", "minmax", "none")
-ENGINES = ("xgboost", "keras", "sklearn")
+ENGINES = ("xgboost", "keras", "torch", "sklearn")
+DEVICES = ("auto", "cpu", "cuda")
 EXTRA_METRICS = ("accuracy", "auc", "precision", "recall", "f1", "logloss")
 
 
@@ -314,14 +316,49 @@ class KerasConfig:
     def __post_init__(self) -> None:
         check_function_spec("train.keras.model", self.model,
                             "a compiled keras.Model, given the number of input features")
-        if self.epochs < 1:
-            raise HepdaskError(f"Config key train.keras.epochs is {self.epochs}: it must be >= 1.")
-        for i, width in enumerate(self.hidden):
-            check_range(f"train.keras.hidden.{i}", width, low=1)
-        check_range("train.keras.dropout", self.dropout, low=0, high=1, high_open=True)
-        check_range("train.keras.learning_rate", self.learning_rate, low=0, low_open=True)
-        if self.patience is not None:
-            check_range("train.keras.patience", self.patience, low=0)
+        _check_network(self, "train.keras")
+
+
+#: [train.torch] activation and optimizer names -> their torch.nn / torch.optim classes
+TORCH_ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "elu": "ELU",
+                     "selu": "SELU", "gelu": "GELU", "silu": "SiLU", "leaky_relu": "LeakyReLU"}
+TORCH_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
+
+
+@dataclass(frozen=True)
+class TorchConfig:
+    """A user model file, or the built-in dense network: the keys of [train.keras], plus the
+    optimizer and the trainer's threads."""
+
+    model: str | None = None  # "path/to/file.py:function", function(n_features) -> torch.nn.Module
+    hidden: tuple[int, ...] = (128, 64, 32)
+    activation: str = "relu"
+    dropout: float = 0.1
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"  # adam, adamw, sgd or rmsprop (a user file's optimizer() wins)
+    epochs: int = 10
+    patience: int | None = 3  # epochs without val_loss improvement before stopping
+    threads: int | None = None  # torch's CPU threads in the trainer; unset: the CPUs no local worker uses
+
+    def __post_init__(self) -> None:
+        check_function_spec("train.torch.model", self.model,
+                            "a torch.nn.Module, given the number of input features")
+        _check_network(self, "train.torch")
+        _check_choice("train.torch.activation", self.activation, tuple(TORCH_ACTIVATIONS))
+        _check_choice("train.torch.optimizer", self.optimizer, tuple(TORCH_OPTIMIZERS))
+        if self.threads is not None:
+            check_range("train.torch.threads", self.threads, low=1)
+
+
+def _check_network(config: KerasConfig | TorchConfig, where: str) -> None:
+    """The keys the Keras and torch networks share."""
+    check_range(f"{where}.epochs", config.epochs, low=1)
+    for i, width in enumerate(config.hidden):
+        check_range(f"{where}.hidden.{i}", width, low=1)
+    check_range(f"{where}.dropout", config.dropout, low=0, high=1, high_open=True)
+    check_range(f"{where}.learning_rate", config.learning_rate, low=0, low_open=True)
+    if config.patience is not None:
+        check_range(f"{where}.patience", config.patience, low=0)
 
 
 @dataclass(frozen=True)
@@ -351,15 +388,19 @@ class TrainConfig:
     engine: str = "xgboost"
     xgboost: XGBoostConfig = field(default_factory=XGBoostConfig)
     keras: KerasConfig = field(default_factory=KerasConfig)
+    torch: TorchConfig = field(default_factory=TorchConfig)
     sklearn: SklearnConfig = field(default_factory=SklearnConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     retries: int = 2  # xgboost: restarts from the last booster copy after losing a worker
     timeout: float = 600.0  # xgboost: seconds without a boosting round before a worker is lost
+    device: str = "auto"  # auto (a GPU when one is visible), cpu or cuda; not for sklearn
 
     def __post_init__(self) -> None:
         """The engine's own model file, class or parameters, and the packages it needs; not
-        those of the engines not used."""
+        those of the engines not used. ``device = "cuda"`` is checked here for the engines
+        that train in this process (the xgboost workers are asked when training starts)."""
         _check_choice("train.engine", self.engine, ENGINES)
+        _check_choice("train.device", self.device, DEVICES)
         check_range("train.retries", self.retries, low=0)
         check_range("train.timeout", self.timeout, low=0, low_open=True)
         if self.engine == "xgboost":
@@ -374,8 +415,24 @@ class TrainConfig:
                     "a GPU machine).")
             if self.keras.model is not None:
                 check_function_file(self.keras.model, "train.keras.model")
+        elif self.engine == "torch":
+            require(("torch",), 'train.engine = "torch" needs PyTorch (module torch), which is '
+                    "not installed. Install it with: pip install 'hepdask[torch]' (for a GPU, "
+                    "the CUDA build from https://pytorch.org).")
+            if self.torch.model is not None:
+                check_function_file(self.torch.model, "train.torch.model")
         else:
             self.sklearn.check_estimator()
+            if self.device == "cuda":
+                raise HepdaskError(
+                    'Config key train.device is "cuda", but the sklearn engine trains on the '
+                    'CPU only. Set train.device = "cpu" (or "auto"), or use the torch, keras or '
+                    "xgboost engine on a GPU."
+                )
+        if self.device == "cuda" and self.engine in ("keras", "torch"):
+            from .devices import check_cuda
+
+            check_cuda(self.engine)
 
 
 CLUSTER_KINDS = ("local", "address", "gateway")

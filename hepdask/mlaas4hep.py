@@ -7,7 +7,7 @@ is either translated or reported in the notes: nothing is silently dropped.
 
 The translation keeps MLaaS4HEP's choices where they matter for the result:
 min-max normalisation from the specs, jagged branches padded to their largest
-multiplicity, missing values set to 0 for networks, and a Keras model built by
+multiplicity, missing values set to 0 for networks, and a Keras or PyTorch model built by
 ``model(idim)``. Two things differ by design and are noted: ``epochs`` are passes
 over all training events (MLaaS4HEP trained every chunk for ``epochs``), and the
 train/validation/test split is one split of all events, not one per chunk.
@@ -15,6 +15,7 @@ train/validation/test split is one split of all events, not one per chunk.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import os
@@ -46,8 +47,9 @@ def convert(*, files: str, labels: str, model: str, params: str | None = None,
         A text file with one class label per file, a comma-separated list of them, or the
         name of the branch (or an expression) holding each event's label.
     model
-        A Python file defining ``model(idim)`` (a compiled Keras model) or ``model()`` (an
-        XGBoost or scikit-learn estimator).
+        A Python file defining ``model(idim)`` (a compiled Keras model, or a
+        ``torch.nn.Module`` when the file imports torch) or ``model()`` (an XGBoost or
+        scikit-learn estimator).
     params, preproc
         MLaaS4HEP's ``params.json`` and ``preproc.json``.
     """
@@ -132,19 +134,23 @@ def _read_json(path: str, option: str) -> dict:
 
 
 def _engine(model: str, train: dict) -> str:
-    """The engine that fits the model file: ``model(idim)`` is Keras, ``model()`` an estimator."""
+    """The engine that fits the model file: ``model(idim)`` is a network, PyTorch when the file
+    imports torch (and not Keras or TensorFlow), Keras otherwise; ``model()`` an estimator."""
     spec = f"{model}:model"
     function = load_function(spec, "--model", arguments=None)
     required = [p for p in inspect.signature(function).parameters.values()
                 if p.default is inspect.Parameter.empty]
     if len(required) == 1:
-        train.update(engine="keras", keras={"model": spec})
-        return "keras"
+        imported = _imports(model)
+        engine = "torch" if "torch" in imported and not {"keras", "tensorflow"} & imported \
+            else "keras"
+        train.update({"engine": engine, engine: {"model": spec}})
+        return engine
     if required:
         raise HepdaskError(
             f"--model {model}: model{inspect.signature(function)} must take one argument (idim, "
-            "the number of input features) and return a compiled Keras model, or none and "
-            "return an XGBoost or scikit-learn estimator."
+            "the number of input features) and return a compiled Keras model or a "
+            "torch.nn.Module, or none and return an XGBoost or scikit-learn estimator."
         )
     estimator = call_function(function, spec, "--model",
                               returns="an XGBoost or scikit-learn estimator")
@@ -158,8 +164,20 @@ def _engine(model: str, train: dict) -> str:
         f"--model {model}: model() returned {type(estimator).__name__}, which has no "
         "partial_fit and is not an XGBoost estimator, so it cannot learn from data larger than "
         "memory. Return an XGBClassifier, an estimator with partial_fit (SGDClassifier, "
-        "MLPClassifier, ...), or define model(idim) returning a compiled Keras model."
+        "MLPClassifier, ...), or define model(idim) returning a compiled Keras model or a "
+        "torch.nn.Module."
     )
+
+
+def _imports(path: str) -> set[str]:
+    """The top-level packages a Python file imports (read, not run)."""
+    names = set()
+    for node in ast.walk(ast.parse(Path(path).read_bytes())):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def _params(settings: Mapping[str, Any], data: dict, features: dict, train: dict,
@@ -175,8 +193,8 @@ def _params(settings: Mapping[str, Any], data: dict, features: dict, train: dict
                 notes.append("params.epochs is not used: XGBoost trains n_estimators trees.")
             else:
                 train.setdefault(engine, {})["epochs"] = int(value)
-                if engine == "keras":  # all epochs are trained, as in MLaaS4HEP
-                    train["keras"]["patience"] = int(value)
+                if engine in ("keras", "torch"):  # all epochs are trained, as in MLaaS4HEP
+                    train[engine]["patience"] = int(value)
                 notes.append(f"params.epochs = {value}: hepdask makes {value} passes over all "
                              "training events (MLaaS4HEP trained each chunk that many times).")
         elif key == "batch_size":

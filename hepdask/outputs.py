@@ -3,7 +3,7 @@
 A run is built in a staging directory beside its run directory (``<parent>/.<name>.staging``,
 on the same file system) and swapped in only when it succeeded (:func:`commit`): an interrupted
 or failed run leaves the previous run directory as it was, and its own files (with its run.log
-and the Keras checkpoints that ``--resume`` continues from) in the staging directory.
+and the Keras and torch checkpoints that ``--resume`` continues from) in the staging directory.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ _NEARLY_FULL = 1 << 20
 # What makes an existing directory a run directory that a new run may replace.
 _RUN_FILES = ("config.resolved.json", "specs.json", "bundle.json", "metrics.json", "run.log")
 # What an unfinished run's staging directory keeps for the next one: the specs (still checked
-# against the data) and the Keras checkpoints (for --resume; the trainer removes them otherwise).
+# against the data) and the network checkpoints (for --resume; the trainer removes them otherwise).
 _KEPT = ("specs.json", "checkpoints")
 
 

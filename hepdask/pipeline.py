@@ -41,6 +41,8 @@ from .train import train_xgboost
 
 __all__ = ["Pipeline"]
 
+NETWORKS = ("keras", "torch")  # the engines with checkpoints and --resume
+
 log = logging.getLogger("hepdask")
 
 
@@ -76,7 +78,8 @@ class Pipeline:
         self._dataset: Dataset | None = None
         self._specs: Specs | None = None
         self._features: Features | None = None
-        self._model = None  # XGBoostModel, KerasModel or SklearnModel
+        self._model = None  # XGBoostModel, KerasModel, TorchModel or SklearnModel
+        self._device: str | None = None  # the device training runs on, once known
         self._scores: dict[str, tuple] = {}  # split -> the model's (scores, labels, weights)
         self._reads: dict[str, list] | None = None  # partitions held for the specs and features
         self._staged = False  # the staging directory is open for this pipeline's run
@@ -211,10 +214,10 @@ class Pipeline:
     def train(self, *, client=None, resume: bool = False):
         """Fit the configured engine and save the model in the staging directory.
 
-        ``xgboost`` persists the features on the workers and trains there; ``keras`` and
-        ``sklearn`` stream them to this process, so the data never need to fit in memory.
-        ``resume`` continues a Keras run from the last checkpoint of the unfinished run in the
-        staging directory.
+        ``xgboost`` persists the features on the workers and trains there; ``keras``, ``torch``
+        and ``sklearn`` stream them to this process, so the data never need to fit in memory.
+        ``resume`` continues a Keras or torch run from the last checkpoint of the unfinished
+        run in the staging directory.
         """
         with self.recording():
             return self._train(self._client(client), resume)
@@ -222,7 +225,8 @@ class Pipeline:
     def _train(self, client, resume: bool):
         engine = self.config.train.engine
         staging = self.staging_dir
-        if engine != "keras":  # the checkpoints of an unfinished Keras run are not this run's
+        device = self.device(client)
+        if engine not in NETWORKS:  # the checkpoints of an unfinished network run are not this run's
             shutil.rmtree(staging / "checkpoints", ignore_errors=True)
         if engine == "xgboost":
             features = self.features(client=client, keep_reads=True)
@@ -233,17 +237,20 @@ class Pipeline:
                 self._model = train_xgboost(client, features, self.config.train.xgboost,
                                             self.specs().n_classes, on_round=step,
                                             retries=self.config.train.retries,
-                                            timeout=self.config.train.timeout)
+                                            timeout=self.config.train.timeout, device=device)
         else:
             features = self.features(client=client)
             train = self.config.train
             with self._phase("train", client, unit="epochs") as step:
-                if engine == "keras":
-                    from .train.keras import train_keras
+                if engine in NETWORKS:
+                    if engine == "keras":
+                        from .train.keras import train_keras as train_network
+                    else:
+                        from .train.torch import train_torch as train_network
 
-                    self._model = train_keras(client, features, self.specs(), train.keras,
-                                              train.stream, staging, resume=resume,
-                                              on_epoch=step)
+                    self._model = train_network(client, features, self.specs(),
+                                                getattr(train, engine), train.stream, staging,
+                                                device=device, resume=resume, on_epoch=step)
                 else:
                     from .train.sklearn import train_sklearn
 
@@ -262,6 +269,25 @@ class Pipeline:
                      layout=features.layout, preprocess=self.dataset().preprocess,
                      classes=classes, tree=config.data.tree, step_size=config.data.step_size)
         return self._model
+
+    def device(self, client=None) -> str:
+        """Where the engine trains, ``"cuda"`` or ``"cpu"``: ``train.device`` resolved (see
+        :mod:`hepdask.devices`; for XGBoost, by asking the workers). Raises the error of a
+        "cuda" without GPU, which :meth:`run` does before reading any data."""
+        if self._device is None:
+            from . import devices
+
+            requested, engine = self.config.train.device, self.config.train.engine
+            if engine == "xgboost":
+                self._device = devices.xgboost_device(self._client(client), requested)
+            elif engine == "torch":
+                self._device = devices.torch_device(requested)
+            elif engine == "keras":
+                self._device = devices.keras_device(requested)
+            else:
+                self._device = "cpu"
+            log.info("Training device: %s (train.device = %r)", self._device, requested)
+        return self._device
 
     def scores(self, split: str = "test", *, client=None):
         """(scores, labels, weights) of ``split`` as NumPy arrays, in the split's row order
@@ -318,6 +344,7 @@ class Pipeline:
                         class_totals=totals, bins=cfg.bins, validation=validation)
         metrics.update({
             "engine": self.config.train.engine,
+            "device": self.device(client),
             "n_train": len(self.features().train),
             "n_validation": len(self.features().validation),
             "best_iteration": model.best_iteration,
@@ -347,6 +374,7 @@ class Pipeline:
             try:
                 with _performance_report(self.staging_dir / "dask-report.html" if report
                                          else None):
+                    self.device(client)  # a "cuda" without GPU, before the data are read
                     self.specs(client=client, reuse=reuse_specs)
                     self.train(client=client, resume=resume)
                     metrics = self._evaluate(self._client(client))
@@ -360,7 +388,7 @@ class Pipeline:
     def staging_dir(self) -> Path:
         """Where the steps write until :meth:`evaluate` completes the run:
         ``<parent>/.<name>.staging`` beside :attr:`run_dir`. An interrupted or failed run's
-        files stay there, with its run.log and the Keras checkpoints ``resume`` continues from."""
+        files stay there, with its run.log and the network checkpoints ``resume`` continues from."""
         return staging_path(self.run_dir)
 
     @contextlib.contextmanager
@@ -395,7 +423,7 @@ class Pipeline:
             if opened:
                 if started_over:
                     log.info("Starting over in %s: removed the files of an unfinished run (its "
-                             "specs.json and Keras checkpoints stay, for reuse and --resume)",
+                             "specs.json and network checkpoints stay, for reuse and --resume)",
                              self.staging_dir)
                 if self.config_text is not None:
                     write_text(self.staging_dir / "config.toml", self.config_text)
@@ -430,7 +458,7 @@ class Pipeline:
                 else f"nothing was written to {self.run_dir}")
         note = f"{kept}; this run's files, with its run.log, are in {self.staging_dir}"
         if (self.staging_dir / "checkpoints" / "state.json").is_file():
-            note += " (--resume continues its Keras training from the last checkpoint)"
+            note += " (--resume continues its network's training from the last checkpoint)"
         return note + "."
 
     def _commit(self, metrics: dict) -> None:

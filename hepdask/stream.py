@@ -146,6 +146,12 @@ class BatchStream:
         for index in range(len(self)):
             yield self.batch(epoch, index)
 
+    def warm(self, epoch: int) -> None:
+        """Start computing the first blocks of ``epoch``, e.g. while the trainer still uses
+        another stream's batches, so that the epoch does not begin by waiting for them."""
+        self._start_epoch(epoch)
+        self._prefetch(0)
+
     def release(self) -> None:
         """Drop every block held or in flight."""
         self._held.clear()

@@ -14,11 +14,9 @@ TensorFlow is imported only when this engine runs.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-import math
-import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,16 +25,15 @@ import numpy as np
 from ..config import KerasConfig, StreamConfig
 from ..errors import HepdaskError
 from ..features import Features
-from ..outputs import atomic_path, write_json
+from ..outputs import atomic_path
 from ..specs import Specs
 from ..stream import BatchStream, StreamedModel, Transform, make_transform
 from ..usercode import call_function, load_function
+from ._network import EpochState, end_epoch, open_checkpoints, split_history
 
 __all__ = ["KerasModel", "train_keras"]
 
 log = logging.getLogger("hepdask")
-
-CHECKPOINTS = "checkpoints"
 
 
 def import_keras():
@@ -88,10 +85,12 @@ class KerasModel(StreamedModel):
 
 
 def train_keras(client, features: Features, specs: Specs, config: KerasConfig,
-                stream: StreamConfig, run_dir: str | Path, *, resume: bool = False,
+                stream: StreamConfig, run_dir: str | Path, *, device: str = "cpu",
+                resume: bool = False,
                 on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
                 ) -> KerasModel:
-    """Train on ``features.train`` streamed from ``client``'s workers; see the module docstring.
+    """Train on ``features.train`` streamed from ``client``'s workers, on ``device`` ("cpu" or
+    "cuda", see :mod:`hepdask.devices`); see the module docstring.
 
     ``on_epoch(epoch, epochs, logs)`` is called after each epoch (1-based), e.g. to publish
     the curves.
@@ -108,22 +107,14 @@ def train_keras(client, features: Features, specs: Specs, config: KerasConfig,
     if not len(train):
         raise HepdaskError("The training split is empty: check split.train and the samples.")
 
-    checkpoints = Path(run_dir) / CHECKPOINTS
-    state = _State.load(checkpoints) if resume else None
-    if resume and state is None:
-        log.info("No checkpoint in %s: starting from the first epoch", checkpoints)
-    if state is not None:
-        model = keras.saving.load_model(checkpoints / state.last)
-        log.info("Resuming after epoch %d of %d from %s", state.epoch + 1, config.epochs,
-                 checkpoints)
-    else:
-        if not resume and (checkpoints / "state.json").exists():
-            log.info("Starting from the first epoch: removed the checkpoints in %s (--resume "
-                     "continues from them)", checkpoints)
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        keras.utils.set_random_seed(stream.seed)  # the same initial weights run after run
-        model = _build_model(keras, config, len(names), specs.n_classes)
-        state = _State()
+    checkpoints, state = open_checkpoints(run_dir, resume=resume, epochs=config.epochs)
+    with _device_scope(keras, device):
+        if state is not None:
+            model = keras.saving.load_model(checkpoints / state.last)
+        else:
+            keras.utils.set_random_seed(stream.seed)  # the same initial weights run after run
+            model = _build_model(keras, config, len(names), specs.n_classes)
+            state = EpochState()
     if model.inputs and model.inputs[0].shape[-1] != len(names):
         raise HepdaskError(
             f"The Keras model takes {model.inputs[0].shape[-1]} inputs but the features have "
@@ -137,19 +128,29 @@ def train_keras(client, features: Features, specs: Specs, config: KerasConfig,
     if state.stopped:
         log.info("The checkpointed run had already stopped early; not training further")
     elif state.epoch + 1 < config.epochs:
-        log.info("Training Keras: %d events in %d batches of about %d, %d features, %d epochs",
-                 train.n_events, len(train), stream.batch_size, len(names), config.epochs)
-        model.fit(
-            batches, validation_data=_batches(keras, valid, 0, target) if len(valid) else None,
-            epochs=config.epochs, initial_epoch=state.epoch + 1, callbacks=[saver],
-            shuffle=False,  # the stream shuffles, per epoch; Keras would reorder its batches
-            verbose=0,
-        )
+        log.info("Training Keras on %s: %d events in %d batches of about %d, %d features, "
+                 "%d epochs", device, train.n_events, len(train), stream.batch_size, len(names),
+                 config.epochs)
+        with _device_scope(keras, device):
+            model.fit(
+                batches,
+                validation_data=_batches(keras, valid, 0, target) if len(valid) else None,
+                epochs=config.epochs, initial_epoch=state.epoch + 1, callbacks=[saver],
+                shuffle=False,  # the stream shuffles, per epoch; Keras would reorder its batches
+                verbose=0,
+            )
     train.release()
     valid.release()
     if (checkpoints / "best.keras").exists():
-        model = keras.saving.load_model(checkpoints / "best.keras")
-    return KerasModel(model, names, transform, stream, _history(state.history), state.best_epoch)
+        with _device_scope(keras, device):
+            model = keras.saving.load_model(checkpoints / "best.keras")
+    return KerasModel(model, names, transform, stream, split_history(state.history),
+                      state.best_epoch)
+
+
+def _device_scope(keras, device: str):
+    """Keras on the CPU when told so; TensorFlow takes a visible GPU by itself otherwise."""
+    return keras.device("cpu:0") if device == "cpu" else contextlib.nullcontext()
 
 
 def _build_model(keras, config: KerasConfig, n_inputs: int, n_classes: int):
@@ -231,71 +232,18 @@ def _batches(keras, stream: BatchStream, first_epoch: int, target=None):
     return Batches()
 
 
-@dataclass
-class _State:
-    """What a resumed run needs: the last finished epoch, history and early-stopping state."""
-
-    epoch: int = -1
-    last: str = ""  # the checkpoint of that epoch
-    history: dict = field(default_factory=dict)  # Keras names: loss, val_loss, auc, val_auc
-    best: float = math.inf
-    best_epoch: int | None = None
-    wait: int = 0
-    stopped: bool = False
-
-    @classmethod
-    def load(cls, directory: Path) -> _State | None:
-        path = directory / "state.json"
-        if not path.exists():
-            return None
-        state = cls(**json.loads(path.read_text()))
-        return state if (directory / state.last).exists() else None
-
-
-def _epoch_callback(keras, directory: Path, state: _State, patience: int | None, batches,
+def _epoch_callback(keras, directory: Path, state: EpochState, patience: int | None, batches,
                     on_epoch: Callable | None, epochs: int):
-    """Checkpoint, history and early stopping after each epoch, restartable from ``state.json``."""
+    """Checkpoint, history and early stopping after each epoch (see :mod:`._network`)."""
 
     class EpochCallback(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             batches.epoch = epoch
 
         def on_epoch_end(self, epoch, logs=None):
-            logs = dict(logs or {})
-            for key, value in logs.items():
-                state.history.setdefault(key, []).append(float(value))
-            monitored = logs.get("val_loss", logs.get("loss"))
-            improved = monitored is not None and monitored < state.best
-            if improved:
-                state.best, state.best_epoch, state.wait = float(monitored), epoch, 0
-            else:
-                state.wait += 1
-            if patience is not None and state.wait >= patience:
-                state.stopped = True
+            end_epoch(directory, state, epoch, logs or {}, patience=patience, suffix=".keras",
+                      save=self.model.save, on_epoch=on_epoch, epochs=epochs)
+            if state.stopped:
                 self.model.stop_training = True
-            directory.mkdir(parents=True, exist_ok=True)
-            previous, state.epoch, state.last = state.last, epoch, f"epoch-{epoch + 1:04d}.keras"
-            with atomic_path(directory / state.last) as tmp:
-                self.model.save(tmp)
-            if improved:
-                with atomic_path(directory / "best.keras") as tmp:
-                    self.model.save(tmp)
-            write_json(directory / "state.json", state.__dict__)  # the epoch is done once this is
-            if previous and previous != state.last:
-                (directory / previous).unlink(missing_ok=True)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, epochs, logs)
-            log.info("Epoch %d: %s%s", epoch + 1,
-                     ", ".join(f"{k} {v:.4f}" for k, v in logs.items()),
-                     " (best)" if improved else "")
 
     return EpochCallback()
-
-
-def _history(keras_history: Mapping[str, list]) -> dict:
-    """Keras' flat names (loss, val_auc) as {"train": {...}, "validation": {...}}."""
-    out: dict[str, dict] = {}
-    for key, values in keras_history.items():
-        split, metric = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-        out.setdefault(split, {})[metric] = list(values)
-    return out

@@ -99,7 +99,7 @@ class XGBoostModel:
 
 def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: int = 2, *,
                   on_round: Callable[[int, int, dict[str, float]], None] | None = None,
-                  retries: int = 2, timeout: float = 600.0) -> XGBoostModel:
+                  retries: int = 2, timeout: float = 600.0, device: str = "cpu") -> XGBoostModel:
     """Train on ``features.train``, early-stopping on ``features.validation`` when it has events.
 
     With more than two classes the objective becomes ``multi:softprob`` and the scores have
@@ -112,7 +112,8 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
     round, on the worker that trains rank 0 (so it must pickle, like
     :meth:`hepdask.progress.Channel.step`). A lost worker restarts training from the last
     copy of the booster, up to ``retries`` times; no round for ``timeout`` seconds counts as
-    a lost worker (see :mod:`hepdask.train.recovery`).
+    a lost worker (see :mod:`hepdask.train.recovery`). ``device`` ("cpu" or "cuda", see
+    :mod:`hepdask.devices`) is XGBoost's ``device`` parameter, whatever the params say.
     """
     if client is None:
         raise HepdaskError(
@@ -120,6 +121,10 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
             "(e.g. with hepdask.cluster.connect) before training."
         )
     params, num_boost_round, notes = xgboost_params(config, n_classes)
+    if params.get("device", device) != device:
+        notes.append(f"device {device} (train.device) instead of {params['device']}")
+        log.info("XGBoost device: %s", notes[-1])
+    params["device"] = device
     train, valid = features.train, features.validation
     factors = _class_factors(client, train, config, n_classes)
     weights = {name: _scaled(arrays, factors, config.use_weights)
@@ -141,8 +146,8 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
         return dtrain, evals
 
     early = config.early_stopping_rounds if len(valid) else None
-    log.info("Training XGBoost: %d events, %d features, %d classes, up to %d rounds",
-             len(train), len(names), n_classes, num_boost_round)
+    log.info("Training XGBoost on %s: %d events, %d features, %d classes, up to %d rounds",
+             device, len(train), len(names), n_classes, num_boost_round)
     try:
         booster, history = train_resilient(
             client, matrices, (train, valid), params, num_boost_round, early_stopping_rounds=early,
