@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib.util import find_spec
 
 import awkward as ak
 import numpy as np
@@ -17,6 +18,11 @@ from hepdask.bundle import Bundle
 from hepdask.cli import main
 from hepdask.export import export_onnx
 from hepdask.predict import predict
+
+if find_spec("torch") is not None and "tensorflow" not in sys.modules:
+    # torch.use_deterministic_algorithms (the torch engine) imports triton, which segfaults
+    # when first imported after TensorFlow (a Keras run of this module): load it first.
+    import torch._dynamo  # noqa: F401
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -39,7 +45,20 @@ RUNS = {
     "sklearn": ["train.engine='sklearn'", "train.sklearn.epochs=1",
                 "train.sklearn.params.loss='hinge'", "train.stream.missing_indicators=true"],
     "sklearn-3": ["train.engine='sklearn'", "train.sklearn.epochs=1", *THREE_CLASSES],
+    "torch": ["train.engine='torch'", "train.torch.epochs=1", "train.torch.hidden=[16, 8]",
+              "train.stream.missing_indicators=true", *RECIPE],
+    # a user network that gives probabilities itself (its last layer is a softmax)
+    "torch-3": ["train.engine='torch'", "train.torch.epochs=1",
+                "train.torch.model='{dir}/network.py:network'", *THREE_CLASSES],
 }
+NETWORK = """
+import torch
+
+def network(n_features):
+    return torch.nn.Sequential(torch.nn.Linear(n_features, 16), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 3), torch.nn.Softmax(dim=1))
+"""
+NEEDS = {"keras": "keras", "torch": "torch"}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +69,12 @@ def trained(tmp_path_factory, toy_data, client):
 
     def run(name: str):
         if name not in done:
+            pytest.importorskip(NEEDS.get(name.split("-")[0], "sklearn"))
             where = base / name
             where.mkdir()
-            config = load_config(toy_config(where, toy_data["dir"]), [*STREAM, *RUNS[name]])
+            (where / "network.py").write_text(NETWORK)
+            overrides = [item.format(dir=where) for item in RUNS[name]]
+            config = load_config(toy_config(where, toy_data["dir"]), [*STREAM, *overrides])
             Pipeline(config, output=where / "run", client=client).run()
             done[name] = where / "run"
         return done[name]
