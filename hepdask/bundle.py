@@ -163,15 +163,25 @@ class Bundle:
         """Scores of ``events`` (a record array with the :attr:`inputs`): ``score`` (the signal
         probability for two classes, one column per class otherwise) and, when the model was
         trained on an event selection, ``selected`` (whether each event passes it)."""
-        values, selected = self.preprocess.feature_values(self._conform(events))
+        matrix, selected = self.feature_matrix(events)
         if len(events):
-            scores = np.asarray(self.model.score_matrix(partition_matrix(values, self.layout)))
+            scores = np.asarray(self.model.score_matrix(matrix))
         else:  # XGBoost warns about an empty DMatrix; the shape is known
             scores = np.empty((0,) if self.n_classes == 2 else (0, self.n_classes), np.float32)
         out = {"score": scores}
         if self.preprocess.cut is not None:
             out["selected"] = selected
         return out
+
+    def feature_matrix(self, events: ak.Array, *, raw: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """The feature matrix of ``events`` (as :meth:`score` takes them) and whether each event
+        passes the event selection. ``raw``: before normalisation, missing values as NaN, the
+        matrix an exported ONNX model takes (see :mod:`hepdask.export`)."""
+        values, selected = self.preprocess.feature_values(self._conform(events))
+        if not len(events):
+            return np.empty((0, self.layout.width), np.float32), selected
+        return partition_matrix(values, self.layout, raw=raw), selected
 
     def _conform(self, events: ak.Array) -> ak.Array:
         """The input branches as the model saw them in training (same numeric types)."""

@@ -1,5 +1,7 @@
-"""``python -m hepdask``: run, specs, predict, serve, service, data, convert-mlaas4hep. A thin layer
-over :class:`hepdask.Pipeline`, :func:`hepdask.predict.predict` and :mod:`hepdask.serve`."""
+"""``python -m hepdask``: train, score, export and serve models, alone or as a service.
+
+run, specs, predict, export, serve, service and its clients (submit, jobs, logs, fetch, upload,
+cancel, resume), data, convert-mlaas4hep: a thin layer over :class:`hepdask.Pipeline`, :func:`hepdask.predict.predict` and :mod:`hepdask.serve`."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from .config import CLUSTER_KINDS
 from .errors import HepdaskError
+from .export import FORMATS as EXPORT_FORMATS
 from .predict import FORMATS
 from .service.client import DEFAULT_URL
 
@@ -123,6 +126,22 @@ def _parser() -> argparse.ArgumentParser:
                          help="entries per partition (default: the training's)")
     with_cluster(predict, example="data.timeout=120 or cluster.n_workers=4")
     predict.set_defaults(func=_predict)
+
+    export = sub.add_parser(
+        "export", help="write a trained model as one ONNX file, for C++ frameworks and servers",
+        description="Write the model of RUN_DIR as ONNX: input 'features' (float32 [N, "
+                    "columns], the padded features before normalisation, missing values as "
+                    "NaN), output 'score' ([N] signal probability, or [N, K] per class); the "
+                    "normalisation and missing-value handling are in the graph. A .json "
+                    "beside it lists the columns (branch, slot, pad, ordering) in input order.")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run, e.g. runs/higgs")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
+                        help="the file format (default %(default)s)")
+    export.add_argument("-o", "--output", metavar="FILE",
+                        help="the .onnx file or a directory (default: RUN_DIR/model.onnx); "
+                             "the sidecar gets the same name with .json")
+    export.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    export.set_defaults(func=_export)
 
     serve = sub.add_parser(
         "serve", help="serve trained models over HTTP",
@@ -412,6 +431,18 @@ def _predict(args) -> int:
     print(f"Scored {events} events in {len(done)} file(s) with the {bundle.engine} model "
           f"{bundle.name!r} in {seconds:.1f} s ({events / max(seconds, 1e-9):,.0f} events/s); "
           f"outputs ({where}) in {args.output}")
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_onnx
+
+    path = export_onnx(args.run_dir, args.output)
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    shapes = {k: "[" + ", ".join(map(str, sidecar[k]["shape"])) + "]" for k in ("input", "output")}
+    print(f"Wrote {path} (input {sidecar['input']['name']!r} {shapes['input']}, output "
+          f"{sidecar['output']['name']!r} {shapes['output']}) and its columns in "
+          f"{path.with_suffix('.json')}")
     return 0
 
 

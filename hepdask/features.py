@@ -17,6 +17,7 @@ seed, sample, file, entry), so the split does not depend on the partitioning.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from .progress import persist
 from .specs import BranchSpec, Specs
 
 __all__ = ["Column", "Features", "Layout", "SplitArrays", "build_features", "make_layout",
-           "partition_matrix", "placed", "resolve_pad"]
+           "normalize", "partition_matrix", "placed", "resolve_pad"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -157,37 +158,47 @@ def _normalisation(lo: float, hi: float, mean: float, std: float, how: str) -> t
     return 0.0, 1.0
 
 
-def partition_matrix(values: dict, layout: Layout, out: np.ndarray | None = None) -> np.ndarray:
+def partition_matrix(values: dict, layout: Layout, out: np.ndarray | None = None, *,
+                     raw: bool = False) -> np.ndarray:
     """The (n_events, width) float32 feature matrix of one partition, vectorised.
 
     ``values`` maps each feature branch to its (flat or jagged) awkward array. The slots of a
     collection are gathered with one index computed per collection, not one ``pad_none`` per
-    branch; each block is normalised in place. ``out`` may be given (e.g. a column-major
-    array, where every block is contiguous).
+    branch; each block is then normalised in place (:func:`normalize`), unless ``raw``: the
+    padded values as they are, which an exported ONNX model takes (see :mod:`hepdask.export`).
+    ``out`` may be given (e.g. a column-major array, where every block is contiguous).
     """
     n = len(next(iter(values.values()))) if values else 0
     if out is None:
         out = np.empty((n, layout.width), dtype=np.float32, order="F")
     slots: dict[tuple[str, int], _Slots] = {}
-    at = 0
-    for column in layout.columns:
+    for column, block in zip(layout.columns, _blocks(out, layout), strict=True):
         values_of = values[column.branch]
-        block = out[:, at: at + column.width]
-        at += column.width
         if column.kind == "flat":
             block[:, 0] = _numpy(values_of)
+            continue
+        key = (column.collection, column.width)
+        if key not in slots:
+            slots[key] = _Slots(ak.to_numpy(ak.num(values_of, axis=1)), column.width)
+        where = slots[key]
+        if column.kind == "mask":
+            block[...] = where.valid
+        elif column.kind == "count":
+            block[:, 0] = where.counts
         else:
-            key = (column.collection, column.width)
-            if key not in slots:
-                slots[key] = _Slots(ak.to_numpy(ak.num(values_of, axis=1)), column.width)
-            where = slots[key]
-            if column.kind == "mask":
-                block[...] = where.valid
-                continue
-            if column.kind == "count":
-                block[:, 0] = where.counts
-            else:
-                where.gather(ak.to_numpy(ak.flatten(values_of, axis=1)), block)
+            where.gather(ak.to_numpy(ak.flatten(values_of, axis=1)), block)
+    return out if raw else normalize(out, layout)
+
+
+def normalize(matrix: np.ndarray, layout: Layout) -> np.ndarray:
+    """Normalise a raw feature matrix in place (and return it): ``(x - shift) * scale`` per
+    column in float32; the sentinel (except in count columns) and ±inf become NaN.
+
+    Mask columns are left as they are: they hold 0 and 1 and are never normalised.
+    """
+    for column, block in zip(layout.columns, _blocks(matrix, layout), strict=True):
+        if column.kind == "mask":
+            continue
         sentinel = None
         if layout.sentinel is not None and column.kind != "count":
             sentinel = block == np.float32(layout.sentinel)
@@ -197,7 +208,13 @@ def partition_matrix(values: dict, layout: Layout, out: np.ndarray | None = None
         if sentinel is not None:
             block[sentinel] = np.nan
         block[np.isinf(block)] = np.nan
-    return out
+    return matrix
+
+
+def _blocks(matrix: np.ndarray, layout: Layout) -> list[np.ndarray]:
+    """The views of ``matrix`` that hold each of the layout's columns."""
+    edges = np.cumsum([0, *(column.width for column in layout.columns)])
+    return [matrix[:, a:b] for a, b in itertools.pairwise(edges)]
 
 
 def _numpy(values) -> np.ndarray:
