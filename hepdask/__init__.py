@@ -7,17 +7,7 @@ does them all.
 
 from __future__ import annotations
 
-import contextlib
-import sys
-
-if "tensorflow" not in sys.modules:
-    # The XRootD bindings segfault when first imported after TensorFlow (xrootd 6.2 with
-    # tensorflow-cpu 2.21, measured); imported first they are fine, so load them now (16 ms)
-    # for root:// files read after a Keras model is built, and before torch is imported for
-    # its engine. See dataset.open_tree otherwise.
-    with contextlib.suppress(ImportError):
-        import XRootD.client  # noqa: F401
-
+from . import _import_order  # noqa: F401  (first: see there)
 from .bundle import Bundle
 from .config import Config, load_config
 from .errors import HepdaskError

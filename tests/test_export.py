@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib.util import find_spec
 
 import awkward as ak
 import numpy as np
@@ -18,11 +17,6 @@ from hepdask.bundle import Bundle
 from hepdask.cli import main
 from hepdask.export import export_onnx
 from hepdask.predict import predict
-
-if find_spec("torch") is not None and "tensorflow" not in sys.modules:
-    # torch.use_deterministic_algorithms (the torch engine) imports triton, which segfaults
-    # when first imported after TensorFlow (a Keras run of this module): load it first.
-    import torch._dynamo  # noqa: F401
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

@@ -192,3 +192,18 @@ def test_devices_on_a_machine_without_gpu(tmp_path, toy_data, client):
     auto = Pipeline(load_config(toy_config(tmp_path, toy_data["dir"]), ["train.engine='torch'"]),
                     output=tmp_path / "y", client=client)
     assert auto.device() == "cpu"
+
+
+def test_torch_trains_after_tensorflow_in_one_process():
+    """triton (a torch optimizer imports it) segfaults when first imported after TensorFlow:
+    hepdask imports it first, whoever imports TensorFlow."""
+    import subprocess
+    import sys
+
+    code = ("import hepdask, tensorflow, torch\n"
+            "net = torch.nn.Linear(3, 1)\n"
+            "torch.optim.Adam(net.parameters()).step()\n"
+            "print('trained')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]

@@ -24,11 +24,13 @@ the built-in one's keys in ``bundle.json``, or the user file, copied as ``torch_
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import inspect
 import io
 import logging
 import os
 import socket
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -61,6 +63,14 @@ def import_torch():
     # class too, which would print a FutureWarning as each run ends.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated",
                             category=FutureWarning)
+    if ("tensorflow" in sys.modules and "triton" not in sys.modules
+            and importlib.util.find_spec("triton") is not None):
+        raise HepdaskError(
+            "TensorFlow was imported in this process before the torch engine ran, and torch's "
+            "triton crashes the process when it is first imported after TensorFlow. Run the "
+            "torch engine in a new process (restart the notebook's kernel), or import hepdask (or "
+            "triton) before TensorFlow."
+        )
     try:
         import torch
     except ImportError:
