@@ -1,4 +1,5 @@
-"""What the network engines (keras, torch) share: the per-epoch bookkeeping.
+"""What the network engines (keras, torch) share: their batch streams and the per-epoch
+bookkeeping.
 
 Both train in this process on :class:`~hepdask.stream.BatchStream` batches and keep, in
 ``checkpoints/`` of the run being built, the last epoch's model, the best one and
@@ -17,13 +18,36 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import StreamConfig
+from ..errors import HepdaskError
+from ..features import Features
 from ..outputs import atomic_path, write_json
+from ..specs import Specs
+from ..stream import BatchStream, Transform, make_transform
 
-__all__ = ["CHECKPOINTS", "EpochState", "end_epoch", "open_checkpoints", "split_history"]
+__all__ = ["CHECKPOINTS", "EpochState", "end_epoch", "open_checkpoints", "open_streams",
+           "split_history"]
 
 log = logging.getLogger("hepdask")
 
 CHECKPOINTS = "checkpoints"
+
+
+def open_streams(client, features: Features, specs: Specs, stream: StreamConfig, engine: str
+                 ) -> tuple[Transform, list[str], BatchStream, BatchStream]:
+    """The transform of the features, its column names, and the training (shuffled) and
+    validation batch streams from ``client``'s workers."""
+    if client is None:
+        raise HepdaskError(f"The {engine} engine needs a distributed Client to compute the "
+                           "batches.")
+    transform = make_transform(features.layout, specs, stream)
+    train = BatchStream(client, features, "train", transform, batch_size=stream.batch_size,
+                        prefetch=stream.prefetch, seed=stream.seed, shuffle=stream.shuffle)
+    valid = BatchStream(client, features, "validation", transform, batch_size=stream.batch_size,
+                        prefetch=stream.prefetch, shuffle=False)
+    if not len(train):
+        raise HepdaskError("The training split is empty: check split.train and the samples.")
+    return transform, transform.names(features.layout), train, valid
 
 
 @dataclass

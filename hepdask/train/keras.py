@@ -27,9 +27,9 @@ from ..errors import HepdaskError
 from ..features import Features
 from ..outputs import atomic_path
 from ..specs import Specs
-from ..stream import BatchStream, StreamedModel, Transform, make_transform
+from ..stream import BatchStream, StreamedModel, Transform
 from ..usercode import call_function, load_function
-from ._network import EpochState, end_epoch, open_checkpoints, split_history
+from ._network import EpochState, end_epoch, open_checkpoints, open_streams, split_history
 
 __all__ = ["KerasModel", "train_keras"]
 
@@ -95,17 +95,8 @@ def train_keras(client, features: Features, specs: Specs, config: KerasConfig,
     ``on_epoch(epoch, epochs, logs)`` is called after each epoch (1-based), e.g. to publish
     the curves.
     """
-    if client is None:
-        raise HepdaskError("The keras engine needs a distributed Client to compute the batches.")
     keras = import_keras()
-    transform = make_transform(features.layout, specs, stream)
-    names = transform.names(features.layout)
-    train = BatchStream(client, features, "train", transform, batch_size=stream.batch_size,
-                        prefetch=stream.prefetch, seed=stream.seed, shuffle=stream.shuffle)
-    valid = BatchStream(client, features, "validation", transform, batch_size=stream.batch_size,
-                        prefetch=stream.prefetch, shuffle=False)
-    if not len(train):
-        raise HepdaskError("The training split is empty: check split.train and the samples.")
+    transform, names, train, valid = open_streams(client, features, specs, stream, "keras")
 
     checkpoints, state = open_checkpoints(run_dir, resume=resume, epochs=config.epochs)
     with _device_scope(keras, device):

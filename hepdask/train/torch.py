@@ -45,9 +45,9 @@ from ..errors import HepdaskError
 from ..features import Features
 from ..outputs import atomic_path
 from ..specs import Specs
-from ..stream import BatchStream, StreamedModel, Transform, make_transform
+from ..stream import BatchStream, StreamedModel, Transform
 from ..usercode import call_function, load_function
-from ._network import EpochState, end_epoch, open_checkpoints, split_history
+from ._network import EpochState, end_epoch, open_checkpoints, open_streams, split_history
 
 __all__ = ["TorchModel", "import_torch", "train_torch", "trainer_threads"]
 
@@ -164,17 +164,8 @@ def train_torch(client, features: Features, specs: Specs, config: TorchConfig,
 
     ``on_epoch(epoch, epochs, logs)`` is called after each epoch (1-based).
     """
-    if client is None:
-        raise HepdaskError("The torch engine needs a distributed Client to compute the batches.")
     torch = import_torch()
-    transform = make_transform(features.layout, specs, stream)
-    names = transform.names(features.layout)
-    train = BatchStream(client, features, "train", transform, batch_size=stream.batch_size,
-                        prefetch=stream.prefetch, seed=stream.seed, shuffle=stream.shuffle)
-    valid = BatchStream(client, features, "validation", transform, batch_size=stream.batch_size,
-                        prefetch=stream.prefetch, shuffle=False)
-    if not len(train):
-        raise HepdaskError("The training split is empty: check split.train and the samples.")
+    transform, names, train, valid = open_streams(client, features, specs, stream, "torch")
 
     with _torch_settings(torch, config.threads or trainer_threads(client), seed=stream.seed,
                          cuda=torch.device(device).type == "cuda"):
