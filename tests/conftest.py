@@ -117,12 +117,14 @@ def toy_config(tmp_path: Path, data_dir: Path, extra: str = "", **sections: str)
 
 @pytest.fixture(scope="session")
 def client():
-    """One small local cluster for the whole test session."""
+    """One small local cluster for the whole test session. 4 GiB a worker: a worker that has
+    scored Keras and torch models holds TensorFlow and torch (about 2 GiB), and one paused at
+    80% of its limit would leave the later tests waiting."""
     from distributed import Client, LocalCluster
 
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0", memory_limit="2GiB")
+                           dashboard_address="127.0.0.1:0", memory_limit="4GiB")
     with Client(cluster) as c:
         yield c
     cluster.close()
