@@ -506,7 +506,7 @@ def test_prepare_download(
     def offline(url: str, timeout: float) -> object:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(higgsml.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(higgsml.preparation.urllib.request, "urlopen", offline)
     with caplog.at_level(logging.WARNING, logger="hepdask"):
         fallback = prepare(tmp_path / "offline", synthetic_events=500)
     assert fallback.source == "synthetic" and "could not download" in caplog.text
@@ -515,7 +515,7 @@ def test_prepare_download(
     if not FIRST1000.is_file():
         pytest.skip(f"{FIRST1000} is absent")
     payload = gzip.compress(FIRST1000.read_bytes())
-    monkeypatch.setattr(higgsml.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
+    monkeypatch.setattr(higgsml.preparation.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
     fetched = prepare(tmp_path / "online")
     assert fetched.source == "download" and fetched.manifest["url"].startswith(
         "https://opendata.cern.ch/"

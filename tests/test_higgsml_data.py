@@ -34,7 +34,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(url: str, timeout: float) -> object:
         raise urllib.error.URLError("offline")
 
-    monkeypatch.setattr(higgsml.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(higgsml.preparation.urllib.request, "urlopen", refuse)
 
 
 def _hashes(directory: Path) -> dict[str, str]:
@@ -108,7 +108,7 @@ def test_resplit_interrupted_or_disk_full_loses_nothing(
         replace(source, target)
 
     with monkeypatch.context() as patch:
-        patch.setattr(higgsml.os, "replace", interrupted)
+        patch.setattr(higgsml.preparation.os, "replace", interrupted)
         with pytest.raises(KeyboardInterrupt):
             prepare(tmp_path, download=False, events_per_file=200)
     with pytest.raises(HepdaskError):  # no manifest that lies meanwhile

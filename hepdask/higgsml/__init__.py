@@ -1,0 +1,38 @@
+"""The ATLAS Higgs Boson Machine Learning Challenge 2014 (HiggsML), hepdask's headline use case.
+
+The challenge file (CERN Open Data record 328) is a CSV, while hepdask trains on ROOT TTrees:
+
+- :mod:`~hepdask.higgsml.schema`: the columns, weight totals and KaggleSet sizes;
+- :mod:`~hepdask.higgsml.convert`: the CSV read into columns, and columns written as ROOT files;
+- :mod:`~hepdask.higgsml.synthetic`: a synthetic stand-in with the same schema, the same ``-999``
+  pattern and roughly the same shapes, so that examples and tests run offline;
+- :mod:`~hepdask.higgsml.preparation`: :func:`prepare` chooses between converting, downloading and
+  synthesizing, and records what it did in ``MANIFEST.json``, so that later runs reuse the files
+  and a synthetic sample is never mistaken for the real data (:func:`find_prepared` tells, for the
+  files a run reads, which manifest lists them). Real data are never replaced or deleted, and
+  files that no manifest lists are never overwritten.
+"""
+
+from __future__ import annotations
+
+from .convert import read_csv, write_root
+from .preparation import MANIFEST_NAME, PreparedData, announce_synthetic, find_prepared, prepare
+from .schema import BACKGROUND_TOTAL, COLUMNS, CSV_NAME, CSV_URL, FEATURES, SIGNAL_TOTAL
+from .synthetic import synthesize
+
+__all__ = [
+    "BACKGROUND_TOTAL",
+    "COLUMNS",
+    "CSV_NAME",
+    "CSV_URL",
+    "FEATURES",
+    "MANIFEST_NAME",
+    "SIGNAL_TOTAL",
+    "PreparedData",
+    "announce_synthetic",
+    "find_prepared",
+    "prepare",
+    "read_csv",
+    "synthesize",
+    "write_root",
+]
