@@ -250,7 +250,7 @@ class SplitConfig:
 class XGBoostConfig:
     model: str | None = None  # "file.py:function" returning an XGBClassifier: its parameters are used
     num_boost_round: int = 200
-    early_stopping_rounds: int | None = 20
+    early_stopping_rounds: int | None = 20  # 0: no early stopping, every round is trained
     scale_pos_weight: float | str = "auto"  # "auto": background/signal weight ratio
     use_weights: bool = True
     check_params: bool = True  # params names and objective/metric/method values, against XGBoost's
@@ -275,7 +275,6 @@ class XGBoostConfig:
                         low_open=True)
         check_range("train.xgboost.num_boost_round", self.num_boost_round, low=1)
         if self.early_stopping_rounds is not None:
-            # 0, like unset, trains every round
             check_range("train.xgboost.early_stopping_rounds", self.early_stopping_rounds, low=0)
         check_function_spec("train.xgboost.model", self.model, "an xgboost.XGBClassifier")
 
