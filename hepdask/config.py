@@ -435,6 +435,8 @@ class TrainConfig:
 
 
 CLUSTER_KINDS = ("local", "address", "gateway")
+PREDICT_FORMATS = ("root", "parquet")  # what `hepdask predict` writes
+EXPORT_FORMATS = ("onnx",)  # what `hepdask export` writes
 GATEWAY_AUTH = ("basic", "jupyterhub", "kerberos")
 
 
