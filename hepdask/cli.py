@@ -398,8 +398,10 @@ def _specs(args) -> int:
 
     pipe = _pipeline(args)
     pipe.dataset()
-    with connect(pipe.config.cluster) as client:
-        specs = pipe.specs(client=client, reuse=not args.recompute)
+    specs = None if args.recompute else pipe.cached_specs()  # no cluster needed then
+    if specs is None:
+        with connect(pipe.config.cluster) as client:
+            specs = pipe.specs(client=client, reuse=not args.recompute)
     print(specs.table())
     return 0
 
