@@ -38,6 +38,7 @@ from .outputs import commit, open_staging, staging_path, write_json, write_text,
 from .progress import Progress
 from .specs import Specs, cached_specs, compute_specs
 from .train import train_xgboost
+from .train.xgboost import training_workers
 
 __all__ = ["Pipeline"]
 
@@ -240,8 +241,10 @@ class Pipeline:
             shutil.rmtree(staging / "checkpoints", ignore_errors=True)
         if engine == "xgboost":
             features = self.features(client=client, keep_reads=True)
-            with self._phase("features", client):
-                self._features = features = features.persist(client=client)
+            placement = training_workers(client, self.config.train.xgboost, device, features)
+            with self._phase("features", client):  # straight to the workers that train
+                self._features = features = features.persist(client=client,
+                                                             workers=placement.workers)
                 self._reads = None  # the features hold what training needs; free the raw reads
             with self._phase("train", client, unit="rounds") as step:
                 self._model = train_xgboost(client, features, self.config.train.xgboost,
