@@ -17,15 +17,26 @@ from __future__ import annotations
 
 from .convert import read_csv, write_root
 from .preparation import MANIFEST_NAME, PreparedData, announce_synthetic, find_prepared, prepare
-from .schema import BACKGROUND_TOTAL, COLUMNS, CSV_NAME, CSV_URL, FEATURES, SIGNAL_TOTAL
+from .schema import (
+    ANCHORS,
+    BACKGROUND_TOTAL,
+    COLUMNS,
+    CSV_NAME,
+    CSV_URL,
+    FEATURES,
+    FORMATS,
+    SIGNAL_TOTAL,
+)
 from .synthetic import synthesize
 
 __all__ = [
+    "ANCHORS",
     "BACKGROUND_TOTAL",
     "COLUMNS",
     "CSV_NAME",
     "CSV_URL",
     "FEATURES",
+    "FORMATS",
     "MANIFEST_NAME",
     "SIGNAL_TOTAL",
     "PreparedData",

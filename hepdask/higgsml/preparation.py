@@ -103,6 +103,16 @@ class PreparedData:
         """The files the manifest lists that do not exist."""
         return [path for paths in self.files.values() for path in paths if not path.is_file()]
 
+    @property
+    def format(self) -> str:
+        """The form the data came in (a key of :data:`~hepdask.higgsml.schema.FORMATS`).
+
+        Manifests written before the format was recorded came from the official file or the
+        generator.
+        """
+        default = "synthetic" if self.source == "synthetic" else "official"
+        return str(self.manifest.get("format", default))
+
 
 def find_prepared(paths: Iterable[str]) -> dict[str, PreparedData]:
     """The prepared HiggsML directory whose manifest lists each of ``paths`` (local files; the
