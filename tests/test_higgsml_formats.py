@@ -409,6 +409,8 @@ def test_write_csv_then_read_csv_round_trip(tmp_path: Path, format: str, suffix:
     assert csv_format(path) == format
     back = read_csv(path)
     assert tuple(back) == FORMATS[format]
+    if format == "kaggle-training":  # Kaggle's Weight: the weight the challenge scored with
+        columns["Weight"] = columns["KaggleWeight"]
     for name, values in back.items():
         np.testing.assert_array_equal(values, columns[name], err_msg=name)
         assert values.dtype == columns[name].dtype, name
@@ -423,6 +425,17 @@ def test_write_csv_writes_as_the_challenge_files(csv: Path, tmp_path: Path):
     for mine, theirs in zip(written[1:], original[1:], strict=True):  # weights: float32 digits
         mine, theirs = mine.split(","), theirs.split(",")
         assert [mine[i] for i in exact] == [theirs[i] for i in exact]
+
+
+def test_kaggle_training_csv_of_the_official_file_is_kaggles(csv: Path, tmp_path: Path):
+    """The first line of Kaggle's training.csv: the official file's KaggleWeight as Weight."""
+    first = write_csv(read_csv(csv), tmp_path / "training.csv", format="kaggle-training")
+    line = first.read_text().splitlines()[1].split(",")
+    kaggle = ("100000,138.47,51.655,97.827,27.98,0.91,124.711,2.666,3.064,41.928,197.76,1.582,"
+              "1.396,0.2,32.638,1.017,0.381,51.626,2.273,-2.414,16.824,-0.277,258.733,2,67.435,"
+              "2.15,0.444,46.062,1.24,-2.475,113.497,0.00265331133733,s").split(",")
+    assert line[:-2] == kaggle[:-2] and line[-1] == kaggle[-1]
+    assert np.float32(line[-2]) == np.float32(kaggle[-2])
 
 
 def test_write_csv_bad_input_and_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -187,7 +187,9 @@ def write_csv(
     the inverse of :func:`read_csv`, e.g. a Kaggle test.csv of a synthetic sample.
 
     The header and values are those of the challenge files; a path ending in ``.gz`` is
-    gzip-compressed. The file appears complete or not at all.
+    gzip-compressed. The file appears complete or not at all. Kaggle's training.csv carried the
+    weights the challenge scored with, the official file's KaggleWeight: written as its
+    ``Weight`` where the columns have a KaggleWeight.
     """
     from ..outputs import atomic_path
 
@@ -198,6 +200,8 @@ def write_csv(
             f"{where}: format={format!r} is not a CSV format; use one of {', '.join(CSV_FORMATS)}."
         )
     names = FORMATS[format]
+    if format == "kaggle-training" and "KaggleWeight" in columns:
+        columns = {**columns, "Weight": columns["KaggleWeight"]}
     missing = [name for name in names if name not in columns]
     values = [np.asarray(columns[name]) for name in names if name in columns]
     if missing or any(v.ndim != 1 or len(v) != len(values[0]) for v in values):
