@@ -122,7 +122,7 @@ def test_kaggle_files_read_with_their_columns(csv: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize("case", [
-    "another experiment", "empty", "header only", "binary", "truncated gzip header",
+    "another experiment", "empty", "header only", "binary", "tabs", "truncated gzip header",
     "official without KaggleWeight", "training without Weight", "test with KaggleSet",
 ])
 def test_a_wrong_file_is_one_paragraph_and_touches_nothing(csv: Path, tmp_path: Path, case: str):
@@ -130,7 +130,7 @@ def test_a_wrong_file_is_one_paragraph_and_touches_nothing(csv: Path, tmp_path: 
     path = tmp_path / "input.csv"
     if case == "another experiment":
         path.write_text("run,event,lumi,mu_pt,mu_eta\n1,2,3,40.5,1.2\n")
-        words = ["run, event, lumi", "none of the HiggsML columns"]
+        words = ["'run,event,lumi,mu_pt,mu_eta'", "none of the comma-separated HiggsML"]
     elif case == "empty":
         path.write_text("")
         words = ["is empty"]
@@ -138,8 +138,11 @@ def test_a_wrong_file_is_one_paragraph_and_touches_nothing(csv: Path, tmp_path: 
         path.write_text(lines[0])
         words = ["no events"]
     elif case == "binary":
-        path.write_bytes(os.urandom(4096))
-        words = ["none of the HiggsML columns"]
+        path.write_bytes(b"root\x00\xff\xfe" + os.urandom(4096))
+        words = ["not a text file"]
+    elif case == "tabs":
+        path.write_text("".join(line.replace(",", "\t") for line in lines[:20]))
+        words = [r"'EventId\tDER_mass_MMC"]
     elif case == "truncated gzip header":
         path = tmp_path / "input.csv.gz"
         path.write_bytes(gzip.compress(csv.read_bytes())[:30])

@@ -112,8 +112,11 @@ def _format_of(what: str, header: list[str]) -> str:
         fits[name] = missing, extra
     nearest = min(CSV_FORMATS, key=lambda name: sum(map(len, fits[name])))  # first of a tie
     missing, extra = fits[nearest]
-    if not known:
-        problem = f"its header ({_listed(header)}) has none of the HiggsML columns"
+    if "\ufffd" in ",".join(header):  # bytes that are no text: a ROOT file, an archive...
+        problem = "it is not a text file"
+    elif not known:
+        shown = ascii(",".join(header)[:60])  # control characters and tabs visible
+        problem = f"its first line ({shown}) names none of the comma-separated HiggsML columns"
     else:
         problem = f"compared with the nearest, {NAMES[nearest]}, its header " + " and ".join(
             [*([f"lacks {_listed(missing)}"] if missing else []),
