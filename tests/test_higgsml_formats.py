@@ -284,6 +284,17 @@ def test_test_csv_or_another_file_never_replaces_training_data(csv: Path, tmp_pa
             prepare(tmp_path / name, csv=given, download=False, events_per_file=300)
         _one_paragraph(caught, str(given), str(tmp_path / name), *words)
         assert _hashes(tmp_path / name) == before, name
+    # Nor the official file waiting in the directory to be converted.
+    (tmp_path / "waiting").mkdir()
+    (tmp_path / "waiting" / "atlas-higgs-challenge-2014-v2.csv").write_bytes(csv.read_bytes())
+    with pytest.raises(HepdaskError) as caught:
+        prepare(tmp_path / "waiting", csv=test, download=False)
+    _one_paragraph(caught, str(test), "atlas-higgs-challenge-2014-v2.csv, to be converted")
+    assert not list((tmp_path / "waiting").glob("*.root"))
+    # A test.csv named training.csv in the directory: what it is, not what it is called.
+    (tmp_path / "named").mkdir()
+    (tmp_path / "named" / "training.csv").write_bytes(test.read_bytes())
+    assert set(prepare(tmp_path / "named", download=False).files) == {"test"}
     # A synthetic sample is replaced by a real training.csv (the banner's promise).
     replaced = prepare(tmp_path / "synthetic", csv=training, download=False, events_per_file=300)
     assert replaced.format == "kaggle-training" and replaced.source == "csv"
