@@ -141,6 +141,9 @@ def check_submission(path: str | os.PathLike[str], *, event_ids: Sequence[int] |
         if fields[2] not in ("s", "b"):
             raise bad(f"line {row + 2} ({line[:80]!r}): Class must be s or b")
         n_signal += fields[2] == "s"
+    if event_ids is not None and len(event_ids) != n:
+        raise bad(f"it has {n} rows, and the test set has {len(event_ids)} events; there must "
+                  "be one row per test event")
     outside = np.flatnonzero((ranks < 1) | (ranks > n))
     if outside.size:
         raise bad(f"line {outside[0] + 2} has RankOrder {ranks[outside[0]]}, outside 1..{n} "
@@ -152,9 +155,6 @@ def check_submission(path: str | os.PathLike[str], *, event_ids: Sequence[int] |
                       f"{first + 2}; each must appear once")
     if event_ids is not None:
         expected = np.asarray(event_ids, dtype=np.int64)
-        if len(expected) != n:
-            raise bad(f"it has {n} rows, and the test set has {len(expected)} events; there must "
-                      "be one row per test event")
         unknown = np.flatnonzero(~np.isin(ids, expected))
         if unknown.size:
             raise bad(f"line {unknown[0] + 2} has the EventId {ids[unknown[0]]}, which is not "
