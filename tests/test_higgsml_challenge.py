@@ -94,9 +94,9 @@ def test_block_of_complete_official_sets_is_comparable_with_the_anchors():
                                            "TMVA BDT baseline": 3.19956}
     assert block["private"]["n_events"] == 450_000
     lines = summary_lines(block)
-    assert "public" in lines[1] and "private" in lines[2]
-    assert f"AMS {block['private']['ams']:.4f}" in lines[2]
-    assert "winner 3.80581" in lines[3] and "TMVA BDT baseline 3.19956" in lines[3]
+    assert "validation split" in lines[1] and "public" in lines[2] and "private" in lines[3]
+    assert f"AMS {block['private']['ams']:.4f}" in lines[3]
+    assert "winner 3.80581" in lines[4] and "TMVA BDT baseline 3.19956" in lines[4]
     assert not leaderboard_block(format="official", source="csv", ams=AMS, sets=sets,
                                  b_reg=1.0)["comparable"]
 
@@ -124,7 +124,7 @@ def test_block_says_when_the_test_split_chose_the_threshold():
                               ams={"best": {"threshold": 0.5}, "threshold_split": "test"})
     assert "test split" in block["threshold_from"] and "optimistic" in block["threshold_from"]
     assert block["selected_fraction_validation"] is None
-    assert "of validation selected" not in summary_lines(block)[0]
+    assert "of validation" not in summary_lines(block)[0]
 
 
 # --- ranks ---------------------------------------------------------------------------------------
@@ -187,3 +187,245 @@ def test_check_submission_of_a_missing_or_binary_file(tmp_path):
     (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(HepdaskError, match="cannot be read as ASCII"):
         check_submission(tmp_path / "bin.csv")
+
+
+# --- end to end: an official file with leaderboard sets, a real run, a submission ---------------
+
+FIRST1000 = ("higgsml", "atlas-higgs-challenge-2014-v2-first1000.csv")
+# The shared sample is all KaggleSet t: reassigned, its last 400 events become leaderboard sets.
+KAGGLE_SETS = np.array([ord("t")] * 600 + [ord("b")] * 150 + [ord("v")] * 250, np.uint8)
+
+
+@pytest.fixture(scope="module")
+def official_run(tmp_path_factory, client):
+    """A real Pipeline.run on the official-format file with t/b/v events: (pipe, metrics, the
+    CSV's columns, the prepared data)."""
+    import tomllib
+
+    from conftest import shared_file
+    from test_pipeline import HIGGS
+
+    from hepdask import Pipeline
+    from hepdask.config import apply_overrides, from_dict
+    from hepdask.higgsml import read_csv
+    from hepdask.higgsml.convert import write_csv
+
+    base = tmp_path_factory.mktemp("official")
+    columns = read_csv(shared_file(*FIRST1000))
+    columns["KaggleSet"] = KAGGLE_SETS
+    write_csv(columns, base / "official.csv")
+    data = base / "higgs"
+    config = from_dict(apply_overrides(tomllib.loads(HIGGS.read_text()), [
+        f"prepare.directory='{data}'", f"prepare.csv='{base / 'official.csv'}'",
+        "prepare.download=false", "prepare.events_per_file=5000",
+        f"samples.0.files=['{data}/signal_*.root']",
+        f"samples.1.files=['{data}/background_*.root']", f"output='{base / 'runs'}'",
+        "data.step_size=200", "train.xgboost.num_boost_round=30",
+        'cluster.dashboard_address="127.0.0.1:0"']))
+    pipe = Pipeline(config, client=client, progress=False)
+    metrics = pipe.run()
+    return pipe, metrics, columns, pipe.prepared
+
+
+def _scores_here(run_dir: Path, columns: dict) -> np.ndarray:
+    """The model's scores of ``columns``, computed in this process (not through score_files)."""
+    from hepdask.bundle import Bundle, records
+
+    bundle = Bundle.load(run_dir)
+    n = len(columns["EventId"])
+    return np.asarray(bundle.score(records({k: columns[k] for k in bundle.inputs}, n))["score"])
+
+
+def test_public_and_private_ams_of_a_real_run_are_numpys_on_the_kaggle_sets(official_run):
+    import json
+
+    import uproot
+
+    from hepdask.bundle import Bundle
+    from hepdask.evaluate import summary
+    from hepdask.predict import score_files
+
+    pipe, metrics, columns, prepared = official_run
+    assert sorted(prepared.files) >= ["background", "private", "public", "signal"]
+    assert metrics["n_test"] + metrics["n_train"] + metrics["n_validation"] == 600  # t only
+    block = metrics["higgsml"]
+    assert json.loads((pipe.run_dir / "metrics.json").read_text())["higgsml"] == block
+    assert block["format"] == metrics["data"]["format"] == "official"
+    assert block["source"] == "csv" and block["comparable"] is False
+    assert "150 of 100,000 public and 250 of 450,000 private" in block["note"]
+    assert block["threshold"] == metrics["ams"]["best"]["threshold"]
+    assert block["selected_fraction_validation"] == \
+        metrics["ams"]["best"]["selected_fraction_validation"]
+    assert "higgsml" in metrics["timings_s"]
+    scores = _scores_here(pipe.run_dir, columns)
+    for name, letter, n in (("public", "b", 150), ("private", "v", 250)):
+        rows = KAGGLE_SETS == ord(letter)
+        label, weight = columns["Label"][rows], columns["KaggleWeight"][rows].astype(np.float64)
+        got = block[name]
+        assert (got["n_events"], got["n_signal"]) == (n, int(label.sum()))
+        expected = direct_ams(scores[rows], label, weight, block["threshold"])
+        assert got["ams"] == pytest.approx(expected, rel=1e-9)
+        assert got["selected_fraction"] == pytest.approx((scores[rows] >= block["threshold"]).mean())
+        # score_files: every event of the series, in order, the scores of this process
+        with uproot.open(prepared.files[name][0]) as file:
+            ids = file[prepared.tree]["EventId"].array(library="np")
+        np.testing.assert_array_equal(ids, columns["EventId"][rows])
+    scored = score_files(Bundle.load(pipe.run_dir), [str(p) for p in prepared.files["private"]],
+                         client=pipe.client, passthrough=["EventId"], step_size=70)
+    np.testing.assert_array_equal(scored["EventId"], columns["EventId"][KAGGLE_SETS == ord("v")])
+    np.testing.assert_array_equal(scored["score"], scores[KAGGLE_SETS == ord("v")])
+    text = summary(metrics, pipe.run_dir)
+    assert "HiggsML (official, csv)" in text and "published private AMS" not in text
+    assert f"public  AMS {block['public']['ams']:.4f}" in text and "150 of 100,000" in text
+    assert max(map(len, summary_lines(block))) <= 100
+
+
+def _assert_ranks_follow_scores(path: Path, scores: np.ndarray, threshold: float) -> None:
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    ranks, classes = table["RankOrder"].to_numpy(), table["Class"].to_numpy()
+    order = np.argsort(scores, kind="stable")
+    assert (np.diff(ranks[order]) > 0).all(), "RankOrder is not monotone in the score"
+    assert ranks[order[0]] == 1 and ranks[order[-1]] == len(scores)  # N: the most signal-like
+    np.testing.assert_array_equal(classes == "s", scores >= threshold)
+
+
+def test_submission_of_the_shared_sample_is_valid_and_ranked_by_score(official_run, tmp_path,
+                                                                      monkeypatch):
+    from conftest import shared_file
+
+    from hepdask.higgsml import read_csv, submission
+    from hepdask.higgsml.convert import write_csv
+
+    pipe, metrics, columns, _ = official_run
+    test_csv = write_csv(read_csv(shared_file(*FIRST1000)), tmp_path / "test.csv",
+                         format="kaggle-test")
+    out = tmp_path / "submission.csv"
+    done = submission.write_submission(pipe.run_dir, test_csv, out)
+    threshold = metrics["higgsml"]["threshold"]
+    scores = _scores_here(pipe.run_dir, columns)
+    assert done["N"] == 1000 and done["path"] == out and done["threshold"] == threshold
+    assert done["n_signal"] == int((scores >= threshold).sum()) > 0
+    assert "higgsml.threshold" in done["threshold_from"]
+    assert check_submission(out, event_ids=columns["EventId"])["N"] == 1000
+    assert out.read_text().splitlines()[0] == "EventId,RankOrder,Class"
+    _assert_ranks_follow_scores(out, scores, threshold)
+    # the ancestor's ranks (plain argsort) make a valid file whose ranks do not follow the score
+    monkeypatch.setattr(submission, "rank_order",
+                        lambda score: np.argsort(score, kind="stable") + 1)
+    submission.write_submission(pipe.run_dir, test_csv, tmp_path / "argsort.csv")
+    with pytest.raises(AssertionError, match="not monotone"):
+        _assert_ranks_follow_scores(tmp_path / "argsort.csv", scores, threshold)
+
+
+def test_cli_submission_and_a_second_one_over_it(official_run, tmp_path, monkeypatch):
+    from conftest import shared_file
+    from test_pipeline import hepdask
+
+    from hepdask.higgsml import read_csv, submission
+    from hepdask.higgsml.convert import write_csv
+
+    pipe, *_ = official_run
+    write_csv(read_csv(shared_file(*FIRST1000)), tmp_path / "test.csv", format="kaggle-test")
+    result = hepdask(tmp_path, "higgsml", "submission", str(pipe.run_dir), "test.csv",
+                     "-o", "sub.csv", "--threshold", "0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Wrote sub.csv: 1,000 events" in result.stdout
+    assert "score >= 0.5 (from --threshold)" in result.stdout
+    before = (tmp_path / "sub.csv").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise HepdaskError("the check failed")
+
+    monkeypatch.setattr(submission, "check_submission", broken)
+    with pytest.raises(HepdaskError, match="the check failed"):
+        submission.write_submission(pipe.run_dir, tmp_path / "test.csv", tmp_path / "sub.csv")
+    assert (tmp_path / "sub.csv").read_bytes() == before  # the first one, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub.csv", "test.csv"]
+    monkeypatch.undo()
+    submission.write_submission(pipe.run_dir, tmp_path / "test.csv", tmp_path / "sub.csv")
+    assert (tmp_path / "sub.csv").read_bytes() != before  # the run's threshold, not 0.5
+
+    result = hepdask(tmp_path, "higgsml", "submission", str(tmp_path / "nope"), "test.csv",
+                     "-o", "x.csv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "nope" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _one_paragraph(caught: pytest.ExceptionInfo, *names: object) -> str:
+    message = str(caught.value)
+    assert "\n" not in message, message
+    for name in names:
+        assert str(name) in message, (name, message)
+    return message
+
+
+def test_submission_refuses_bad_inputs_with_one_paragraph(official_run, tmp_path):
+    import json
+    import shutil
+
+    from conftest import shared_file
+
+    from hepdask.higgsml import read_csv
+    from hepdask.higgsml.convert import write_csv
+    from hepdask.higgsml.submission import write_submission
+
+    pipe, *_ = official_run
+    test_csv = write_csv(read_csv(shared_file(*FIRST1000)), tmp_path / "test.csv",
+                         format="kaggle-test")
+    out = tmp_path / "sub.csv"
+    with pytest.raises(HepdaskError) as caught:
+        write_submission(tmp_path / "missing-run", test_csv, out)
+    _one_paragraph(caught, tmp_path / "missing-run", "bundle.json")
+    multi = tmp_path / "multi"
+    shutil.copytree(pipe.run_dir, multi)
+    info = json.loads((multi / "bundle.json").read_text())
+    info["classes"] = {"0": ["background"], "1": ["signal"], "2": ["other"]}
+    (multi / "bundle.json").write_text(json.dumps(info))
+    with pytest.raises(HepdaskError) as caught:
+        write_submission(multi, test_csv, out)
+    assert "binary model" in _one_paragraph(caught, multi, "3 classes")
+    lacking = tmp_path / "lacking.csv"
+    lacking.write_text("EventId,DER_mass_MMC,PRI_tau_pt\n350000,120.0,30.0\n")
+    with pytest.raises(HepdaskError) as caught:
+        write_submission(pipe.run_dir, lacking, out)
+    _one_paragraph(caught, lacking, "DER_mass_transverse_met_lep")
+    with pytest.raises(HepdaskError) as caught:
+        write_submission(pipe.run_dir, test_csv, tmp_path / "no" / "such" / "sub.csv")
+    assert "does not exist" in _one_paragraph(caught, tmp_path / "no" / "such")
+    with pytest.raises(HepdaskError) as caught:
+        write_submission(pipe.run_dir, test_csv, test_csv)
+    assert "would replace the test CSV" in _one_paragraph(caught, test_csv)
+    with pytest.raises(HepdaskError) as caught:
+        write_submission(pipe.run_dir, test_csv, tmp_path)
+    assert "is a directory" in _one_paragraph(caught, tmp_path)
+    with pytest.raises(HepdaskError) as caught:
+        write_submission(pipe.run_dir, test_csv, out, threshold=float("nan"))
+    _one_paragraph(caught, "nan")
+    unevaluated = tmp_path / "unevaluated"
+    shutil.copytree(pipe.run_dir, unevaluated)
+    (unevaluated / "metrics.json").unlink()
+    with pytest.raises(HepdaskError) as caught:
+        write_submission(unevaluated, test_csv, out)
+    assert "--threshold" in _one_paragraph(caught, unevaluated / "metrics.json")
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_submission_of_a_model_that_is_not_higgsml(toy_data, client, tmp_path):
+    from conftest import toy_config
+
+    from hepdask import Pipeline
+    from hepdask.higgsml import synthesize
+    from hepdask.higgsml.convert import write_csv
+    from hepdask.higgsml.submission import write_submission
+
+    pipe = Pipeline.from_config(toy_config(tmp_path, toy_data["dir"]),
+                                overrides=["train.xgboost.num_boost_round=5"], client=client,
+                                progress=False)
+    metrics = pipe.run()
+    assert "higgsml" not in metrics  # the toy files come from no prepared HiggsML directory
+    test_csv = write_csv(synthesize(50, seed=1), tmp_path / "test.csv", format="kaggle-test")
+    with pytest.raises(HepdaskError) as caught:
+        write_submission(pipe.run_dir, test_csv, tmp_path / "sub.csv")
+    assert "not a HiggsML model" in _one_paragraph(caught, pipe.run_dir, test_csv, "mass")

@@ -14,6 +14,7 @@ only for the complete sets of the real official file; every other case says why 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 
 import numpy as np
@@ -141,9 +142,10 @@ def summary_lines(block: Mapping) -> list[str]:
     """The run summary's HiggsML lines: the threshold, each leaderboard set, the anchors or
     the sentence that says why the numbers are not the challenge's."""
     fraction = block.get("selected_fraction_validation")
-    lines = [f"HiggsML ({block['format']}, {block['source']}): score >= "
-             f"{block['threshold']:.4g}, {block['threshold_from']}"
-             + (f", {fraction:.1%} of validation selected" if fraction is not None else "")]
+    lines = [f"HiggsML ({block['format']}, {block['source']}): events with score >= "
+             f"{block['threshold']:.4g} selected"
+             + (f" ({fraction:.1%} of validation)" if fraction is not None else ""),
+             f"  threshold: {block['threshold_from']}"]
     for name in LEADERBOARD:
         if name in block:
             s = block[name]
@@ -158,5 +160,5 @@ def summary_lines(block: Mapping) -> list[str]:
         lines.append("  published private AMS: " + ", ".join(
             f"{name} {value:.5f}" for name, value in block["anchors"].items()))
     else:
-        lines.append(f"  {block['note']}")
+        lines += textwrap.wrap(block["note"], 96, initial_indent="  ", subsequent_indent="  ")
     return lines
