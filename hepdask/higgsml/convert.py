@@ -66,10 +66,11 @@ def _codes(what: str, series: Any, codes: dict[str, int], dtype: type) -> np.nda
     return np.array([codes[category] for category in categories], dtype=dtype)[index]
 
 
-def _no_csv(what: str) -> HepdaskError:
+def _no_csv(what: str, path: pathlib.Path) -> HepdaskError:
+    where = "is a directory" if path.is_dir() else "does not exist"
     return HepdaskError(
-        f"{what} does not exist. Download {CSV_NAME} from CERN Open Data record 328 "
-        f"({CSV_URL}), or use Kaggle's training.csv, and give its path, or check the spelling."
+        f"{what} {where}. Download {CSV_NAME} from CERN Open Data record 328 ({CSV_URL}), or use "
+        "Kaggle's training.csv, and give the file's path, or check the spelling."
     )
 
 
@@ -82,7 +83,7 @@ def _header(path: pathlib.Path) -> tuple[list[str], bool]:
     """The column names of a CSV's first line, and whether the file is gzip-compressed."""
     what = f"The HiggsML CSV {path}"
     if not path.is_file():
-        raise _no_csv(what)
+        raise _no_csv(what, path)
     try:
         gz = _is_gzip(path)
         with (gzip.open if gz else open)(path, "rt", encoding="utf-8-sig", errors="replace",
@@ -111,12 +112,15 @@ def _format_of(what: str, header: list[str]) -> str:
         fits[name] = missing, extra
     nearest = min(CSV_FORMATS, key=lambda name: sum(map(len, fits[name])))  # first of a tie
     missing, extra = fits[nearest]
-    problem = f"its header lacks {_listed(missing)}" if missing else "its header"
-    if extra:
-        problem += f"{' and' if missing else ''} has {_listed(extra)}"
+    if not known:
+        problem = f"its header ({_listed(header)}) has none of the HiggsML columns"
+    else:
+        problem = f"compared with the nearest, {NAMES[nearest]}, its header " + " and ".join(
+            [*([f"lacks {_listed(missing)}"] if missing else []),
+             *([f"has {_listed(extra)}, which that file does not"] if extra else [])])
     raise HepdaskError(
-        f"{what} is none of the HiggsML files: {problem}, unlike {NAMES[nearest]}, the nearest. "
-        f"{_ACCEPTED}; give one of them unmodified."
+        f"{what} is none of the HiggsML files: {problem}. {_ACCEPTED}; give one of them "
+        "unmodified."
     )
 
 

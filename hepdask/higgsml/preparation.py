@@ -520,7 +520,7 @@ def prepare(
     directory = pathlib.Path(directory)
     _check_events_per_file(f"prepare {directory}", events_per_file)
     if csv is not None and not pathlib.Path(csv).is_file():
-        raise _no_csv(f"The HiggsML CSV {csv}")
+        raise _no_csv(f"The HiggsML CSV {csv}", pathlib.Path(csv))
     given = csv_format(csv) if csv is not None else None  # a wrong file touches nothing
     _finish(directory)
     previous = _previous(directory)
