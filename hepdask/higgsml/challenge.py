@@ -19,11 +19,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .convert import LEADERBOARD as _SERIES
 from .schema import ANCHORS, BACKGROUND_TOTAL, KAGGLE_SETS, SIGNAL_TOTAL
 
 __all__ = ["LEADERBOARD", "leaderboard_block", "ranked_scores", "score_set", "summary_lines"]
 
-LEADERBOARD = {"public": "b", "private": "v"}
+LEADERBOARD = {name: _SERIES[name] for name in ("public", "private")}
 """The leaderboard file series of a prepared official directory and their KaggleSet letters."""
 
 _TOTALS = {1: SIGNAL_TOTAL, 0: BACKGROUND_TOTAL}
