@@ -429,3 +429,23 @@ def test_submission_of_a_model_that_is_not_higgsml(toy_data, client, tmp_path):
     with pytest.raises(HepdaskError) as caught:
         write_submission(pipe.run_dir, test_csv, tmp_path / "sub.csv")
     assert "not a HiggsML model" in _one_paragraph(caught, pipe.run_dir, test_csv, "mass")
+
+
+def test_submission_of_a_model_trained_on_synthetic_data_says_so(official_run, tmp_path, caplog):
+    import json
+    import shutil
+
+    from hepdask.higgsml import synthesize
+    from hepdask.higgsml.convert import write_csv
+    from hepdask.higgsml.submission import write_submission
+
+    pipe, *_ = official_run
+    run = tmp_path / "synthetic-run"
+    shutil.copytree(pipe.run_dir, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["data"]["source"] = "synthetic"
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    test_csv = write_csv(synthesize(50, seed=1), tmp_path / "test.csv", format="kaggle-test")
+    with caplog.at_level("WARNING", logger="hepdask"):
+        assert write_submission(run, test_csv, tmp_path / "sub.csv")["N"] == 50
+    assert "trained on synthetic data" in caplog.text and str(run) in caplog.text

@@ -10,6 +10,7 @@ alone gives; the classes come from the threshold the run chose on its validation
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ import numpy as np
 from ..errors import HepdaskError
 
 __all__ = ["HEADER", "check_submission", "rank_order", "write_submission"]
+
+log = logging.getLogger("hepdask")
 
 HEADER = "EventId,RankOrder,Class"
 _CHUNK = 100_000  # events scored at once: a few tens of MB of features
@@ -66,7 +69,11 @@ def write_submission(run_dir: str | os.PathLike[str], test_csv: str | os.PathLik
     run_dir, test_csv, output = Path(run_dir), Path(test_csv), Path(output)
     bundle = Bundle.load(run_dir)
     _check_binary(bundle, run_dir)
-    threshold, threshold_from = _threshold(run_dir, threshold)
+    metrics = _metrics(run_dir)
+    threshold, threshold_from = _threshold(run_dir, metrics, threshold)
+    if metrics is not None and metrics.get("data", {}).get("source") == "synthetic":
+        log.warning("The model of %s was trained on synthetic data (hepdask's generator): its "
+                    "submission is no challenge result.", run_dir)
     _check_output(output, test_csv)
     columns = read_csv(test_csv)
     _check_features(bundle, run_dir, test_csv, columns)
@@ -197,7 +204,20 @@ def _check_features(bundle, run_dir: Path, test_csv: Path, columns: dict) -> Non
         )
 
 
-def _threshold(run_dir: Path, threshold: float | None) -> tuple[float, str]:
+def _metrics(run_dir: Path) -> dict | None:
+    """The run's metrics.json, None when the run was not evaluated."""
+    path = run_dir / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise HepdaskError(f"{path} cannot be read ({exc}): the run directory is damaged; "
+                           "evaluate the run again.") from None
+
+
+def _threshold(run_dir: Path, metrics: dict | None, threshold: float | None
+               ) -> tuple[float, str]:
     """The threshold to use and where it came from."""
     if threshold is not None:
         if not math.isfinite(threshold):
@@ -205,14 +225,9 @@ def _threshold(run_dir: Path, threshold: float | None) -> tuple[float, str]:
                                "score, e.g. --threshold 0.8.")
         return float(threshold), "--threshold"
     path = run_dir / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except FileNotFoundError:
+    if metrics is None:
         raise HepdaskError(f"{path} does not exist (the run was not evaluated), so the run has "
-                           "no threshold: evaluate the run, or give --threshold.") from None
-    except (OSError, ValueError) as exc:
-        raise HepdaskError(f"{path} cannot be read ({exc}): the run directory is damaged; "
-                           "evaluate the run again, or give --threshold.") from None
+                           "no threshold: evaluate the run, or give --threshold.")
     if "threshold" in metrics.get("higgsml", {}):
         block = metrics["higgsml"]
         return float(block["threshold"]), f"{path}: higgsml.threshold, {block['threshold_from']}"
