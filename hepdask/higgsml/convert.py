@@ -26,7 +26,7 @@ LEADERBOARD = {"public": "b", "private": "v", "unused": "u"}
 TEST = "test"  # the series of Kaggle's test.csv: no label
 SERIES = (*CLASSES, *LEADERBOARD, TEST)  # every series a prepared directory may hold
 NAMES = {
-    "official": "the official CERN Open Data file (atlas-higgs-challenge-2014-v2)",
+    "official": "the official CERN Open Data file atlas-higgs-challenge-2014-v2",
     "kaggle-training": "Kaggle's training.csv",
     "kaggle-test": "Kaggle's test.csv",
     "synthetic": "hepdask's synthetic generator",
@@ -271,7 +271,8 @@ def _groups(
     if not leaderboard:
         return {"signal": label == 1, "background": label == 0}
     kaggle_set = np.asarray(columns.get("KaggleSet", ()))
-    if kaggle_set.shape != label.shape or not np.isin(kaggle_set, [ord(k) for k in KAGGLE_SETS]).all():
+    codes = [ord(letter) for letter in KAGGLE_SETS]
+    if kaggle_set.shape != label.shape or not np.isin(kaggle_set, codes).all():
         raise HepdaskError(
             f"{where}: leaderboard=True needs a KaggleSet column (the ASCII codes of "
             f"{', '.join(KAGGLE_SETS)}, as long as Label); pass the output of read_csv of the "

@@ -57,7 +57,7 @@ _MEANING = {
                 "scored them",
     "kaggle-training": "no KaggleSet, so the AMS is not comparable to the leaderboard: every event "
                        "is in signal_*/background_*, and the AMS is that of hepdask's test split",
-    "kaggle-test": "no Label: its events (test_*) are for a submission, not for training",
+    "kaggle-test": "without Label, its events (test_*) are for a submission, not for training",
 }
 
 
@@ -470,11 +470,12 @@ def _check_test_csv(directory: pathlib.Path, previous: PreparedData | None, csv:
     """Kaggle's test.csv only into a directory of its own: its unlabelled events must neither
     replace training data nor be mixed with them."""
     if previous is not None and previous.format != "kaggle-test":
+        elsewhere = directory.with_name(directory.name + "-test")
         raise HepdaskError(
             f"The HiggsML CSV {csv} is Kaggle's test.csv (no Label), but {directory} holds "
             f"training data ({NAMES[previous.format]}, {previous.source}), which it would replace "
             "or be mixed with. Prepare the test.csv into a directory of its own: give another "
-            f"prepare.directory (or --directory), e.g. {directory.with_name(directory.name + '-test')}."
+            f"prepare.directory (or --directory), e.g. {elsewhere}."
         )
 
 
