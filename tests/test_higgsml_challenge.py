@@ -196,17 +196,33 @@ FIRST1000 = ("higgsml", "atlas-higgs-challenge-2014-v2-first1000.csv")
 KAGGLE_SETS = np.array([ord("t")] * 600 + [ord("b")] * 150 + [ord("v")] * 250, np.uint8)
 
 
-@pytest.fixture(scope="module")
-def official_run(tmp_path_factory, client):
-    """A real Pipeline.run on the official-format file with t/b/v events: (pipe, metrics, the
-    CSV's columns, the prepared data)."""
+def _run(base: Path, csv: Path, client):
+    """A real Pipeline.run of configs/higgs.toml (shrunk) on ``csv``, prepared in base/higgs."""
     import tomllib
 
-    from conftest import shared_file
     from test_pipeline import HIGGS
 
     from hepdask import Pipeline
     from hepdask.config import apply_overrides, from_dict
+
+    data = base / "higgs"
+    config = from_dict(apply_overrides(tomllib.loads(HIGGS.read_text()), [
+        f"prepare.directory='{data}'", f"prepare.csv='{csv}'",
+        "prepare.download=false", "prepare.events_per_file=5000",
+        f"samples.0.files=['{data}/signal_*.root']",
+        f"samples.1.files=['{data}/background_*.root']", f"output='{base / 'runs'}'",
+        "data.step_size=200", "train.xgboost.num_boost_round=30",
+        'cluster.dashboard_address="127.0.0.1:0"']))
+    pipe = Pipeline(config, client=client, progress=False)
+    return pipe, pipe.run()
+
+
+@pytest.fixture(scope="module")
+def official_run(tmp_path_factory, client):
+    """A real Pipeline.run on the official-format file with t/b/v events: (pipe, metrics, the
+    CSV's columns, the prepared data)."""
+    from conftest import shared_file
+
     from hepdask.higgsml import read_csv
     from hepdask.higgsml.convert import write_csv
 
@@ -214,16 +230,7 @@ def official_run(tmp_path_factory, client):
     columns = read_csv(shared_file(*FIRST1000))
     columns["KaggleSet"] = KAGGLE_SETS
     write_csv(columns, base / "official.csv")
-    data = base / "higgs"
-    config = from_dict(apply_overrides(tomllib.loads(HIGGS.read_text()), [
-        f"prepare.directory='{data}'", f"prepare.csv='{base / 'official.csv'}'",
-        "prepare.download=false", "prepare.events_per_file=5000",
-        f"samples.0.files=['{data}/signal_*.root']",
-        f"samples.1.files=['{data}/background_*.root']", f"output='{base / 'runs'}'",
-        "data.step_size=200", "train.xgboost.num_boost_round=30",
-        'cluster.dashboard_address="127.0.0.1:0"']))
-    pipe = Pipeline(config, client=client, progress=False)
-    metrics = pipe.run()
+    pipe, metrics = _run(base, base / "official.csv", client)
     return pipe, metrics, columns, pipe.prepared
 
 
@@ -449,3 +456,22 @@ def test_submission_of_a_model_trained_on_synthetic_data_says_so(official_run, t
     with caplog.at_level("WARNING", logger="hepdask"):
         assert write_submission(run, test_csv, tmp_path / "sub.csv")["N"] == 50
     assert "trained on synthetic data" in caplog.text and str(run) in caplog.text
+
+
+def test_a_run_on_kaggle_training_csv_says_its_ams_is_not_the_leaderboards(tmp_path, client):
+    from conftest import shared_file
+
+    from hepdask.evaluate import summary
+    from hepdask.higgsml import read_csv
+    from hepdask.higgsml.convert import write_csv
+
+    csv = write_csv(read_csv(shared_file(*FIRST1000)), tmp_path / "training.csv",
+                    format="kaggle-training")
+    pipe, metrics = _run(tmp_path, csv, client)
+    block = metrics["higgsml"]
+    assert block["format"] == "kaggle-training" and block["comparable"] is False
+    assert not {"public", "private"} & set(block)
+    assert block["threshold"] == metrics["ams"]["best"]["threshold"]
+    assert "higgsml" not in metrics["timings_s"]  # nothing to score
+    text = " ".join(summary(metrics, pipe.run_dir).split())
+    assert "Kaggle training.csv has no leaderboard sets" in text
