@@ -294,6 +294,15 @@ def _parser() -> argparse.ArgumentParser:
                             help="Class s for score >= T (default: the run's, from metrics.json)")
     submission.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     submission.set_defaults(func=_higgsml_submission)
+    check = action.add_parser(
+        "check", help="check a submission file as Kaggle did",
+        description="Check SUBMISSION as Kaggle did: the header EventId,RankOrder,Class, "
+                    "RankOrder a permutation of 1..N, Class s or b, and with --test one row per "
+                    "event of TEST_CSV.")
+    check.add_argument("submission", metavar="SUBMISSION", help="e.g. submission.csv")
+    check.add_argument("--test", metavar="TEST_CSV", help="the test CSV it is for")
+    check.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    check.set_defaults(func=_higgsml_check)
     return parser
 
 
@@ -641,4 +650,16 @@ def _higgsml_submission(args) -> int:
     print(f"Wrote {done['path']}: {done['N']:,} events, {done['n_signal']:,} of them s "
           f"({done['n_signal'] / done['N']:.1%}) at score >= {done['threshold']:.6g} (from "
           f"{done['threshold_from']}); checked: a valid Kaggle submission.")
+    return 0
+
+
+def _higgsml_check(args) -> int:
+    from .higgsml import read_csv
+    from .higgsml.submission import check_submission
+
+    ids = read_csv(args.test)["EventId"] if args.test else None
+    done = check_submission(args.submission, event_ids=ids)
+    print(f"{done['path']}: a valid Kaggle submission, {done['N']:,} events, "
+          f"{done['n_signal']:,} of them s" + (f", every event of {args.test}" if args.test
+                                                else ""))
     return 0

@@ -359,6 +359,16 @@ def test_cli_submission_and_a_second_one_over_it(official_run, tmp_path, monkeyp
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "nope" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
+    result = hepdask(tmp_path, "higgsml", "check", "sub.csv", "--test", "test.csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sub.csv: a valid Kaggle submission, 1,000 events" in result.stdout
+    lines = (tmp_path / "sub.csv").read_text().splitlines()
+    (tmp_path / "sub.csv").write_text("\n".join([*lines[:-1], lines[1]]) + "\n")  # hand-edited
+    result = hepdask(tmp_path, "higgsml", "check", "sub.csv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "line 1001 repeats the RankOrder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
 
 def _one_paragraph(caught: pytest.ExceptionInfo, *names: object) -> str:
     message = str(caught.value)
