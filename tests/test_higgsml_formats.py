@@ -122,7 +122,7 @@ def test_kaggle_files_read_with_their_columns(csv: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize("case", [
-    "another experiment", "empty", "header only", "binary", "truncated gzip header",
+    "another experiment", "empty", "header only", "binary", "tabs", "truncated gzip header",
     "official without KaggleWeight", "training without Weight", "test with KaggleSet",
 ])
 def test_a_wrong_file_is_one_paragraph_and_touches_nothing(csv: Path, tmp_path: Path, case: str):
@@ -130,7 +130,7 @@ def test_a_wrong_file_is_one_paragraph_and_touches_nothing(csv: Path, tmp_path: 
     path = tmp_path / "input.csv"
     if case == "another experiment":
         path.write_text("run,event,lumi,mu_pt,mu_eta\n1,2,3,40.5,1.2\n")
-        words = ["run, event, lumi", "none of the HiggsML columns"]
+        words = ["'run,event,lumi,mu_pt,mu_eta'", "none of the comma-separated HiggsML"]
     elif case == "empty":
         path.write_text("")
         words = ["is empty"]
@@ -138,8 +138,11 @@ def test_a_wrong_file_is_one_paragraph_and_touches_nothing(csv: Path, tmp_path: 
         path.write_text(lines[0])
         words = ["no events"]
     elif case == "binary":
-        path.write_bytes(os.urandom(4096))
-        words = ["none of the HiggsML columns"]
+        path.write_bytes(b"root\x00\xff\xfe" + os.urandom(4096))
+        words = ["not a text file"]
+    elif case == "tabs":
+        path.write_text("".join(line.replace(",", "\t") for line in lines[:20]))
+        words = [r"'EventId\tDER_mass_MMC"]
     elif case == "truncated gzip header":
         path = tmp_path / "input.csv.gz"
         path.write_bytes(gzip.compress(csv.read_bytes())[:30])
@@ -281,6 +284,17 @@ def test_test_csv_or_another_file_never_replaces_training_data(csv: Path, tmp_pa
             prepare(tmp_path / name, csv=given, download=False, events_per_file=300)
         _one_paragraph(caught, str(given), str(tmp_path / name), *words)
         assert _hashes(tmp_path / name) == before, name
+    # Nor the official file waiting in the directory to be converted.
+    (tmp_path / "waiting").mkdir()
+    (tmp_path / "waiting" / "atlas-higgs-challenge-2014-v2.csv").write_bytes(csv.read_bytes())
+    with pytest.raises(HepdaskError) as caught:
+        prepare(tmp_path / "waiting", csv=test, download=False)
+    _one_paragraph(caught, str(test), "atlas-higgs-challenge-2014-v2.csv, to be converted")
+    assert not list((tmp_path / "waiting").glob("*.root"))
+    # A test.csv named training.csv in the directory: what it is, not what it is called.
+    (tmp_path / "named").mkdir()
+    (tmp_path / "named" / "training.csv").write_bytes(test.read_bytes())
+    assert set(prepare(tmp_path / "named", download=False).files) == {"test"}
     # A synthetic sample is replaced by a real training.csv (the banner's promise).
     replaced = prepare(tmp_path / "synthetic", csv=training, download=False, events_per_file=300)
     assert replaced.format == "kaggle-training" and replaced.source == "csv"
@@ -409,6 +423,8 @@ def test_write_csv_then_read_csv_round_trip(tmp_path: Path, format: str, suffix:
     assert csv_format(path) == format
     back = read_csv(path)
     assert tuple(back) == FORMATS[format]
+    if format == "kaggle-training":  # Kaggle's Weight: the weight the challenge scored with
+        columns["Weight"] = columns["KaggleWeight"]
     for name, values in back.items():
         np.testing.assert_array_equal(values, columns[name], err_msg=name)
         assert values.dtype == columns[name].dtype, name
@@ -423,6 +439,17 @@ def test_write_csv_writes_as_the_challenge_files(csv: Path, tmp_path: Path):
     for mine, theirs in zip(written[1:], original[1:], strict=True):  # weights: float32 digits
         mine, theirs = mine.split(","), theirs.split(",")
         assert [mine[i] for i in exact] == [theirs[i] for i in exact]
+
+
+def test_kaggle_training_csv_of_the_official_file_is_kaggles(csv: Path, tmp_path: Path):
+    """The first line of Kaggle's training.csv: the official file's KaggleWeight as Weight."""
+    first = write_csv(read_csv(csv), tmp_path / "training.csv", format="kaggle-training")
+    line = first.read_text().splitlines()[1].split(",")
+    kaggle = ("100000,138.47,51.655,97.827,27.98,0.91,124.711,2.666,3.064,41.928,197.76,1.582,"
+              "1.396,0.2,32.638,1.017,0.381,51.626,2.273,-2.414,16.824,-0.277,258.733,2,67.435,"
+              "2.15,0.444,46.062,1.24,-2.475,113.497,0.00265331133733,s").split(",")
+    assert line[:-2] == kaggle[:-2] and line[-1] == kaggle[-1]
+    assert np.float32(line[-2]) == np.float32(kaggle[-2])
 
 
 def test_write_csv_bad_input_and_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

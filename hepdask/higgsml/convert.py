@@ -112,8 +112,11 @@ def _format_of(what: str, header: list[str]) -> str:
         fits[name] = missing, extra
     nearest = min(CSV_FORMATS, key=lambda name: sum(map(len, fits[name])))  # first of a tie
     missing, extra = fits[nearest]
-    if not known:
-        problem = f"its header ({_listed(header)}) has none of the HiggsML columns"
+    if "\ufffd" in ",".join(header):  # bytes that are no text: a ROOT file, an archive...
+        problem = "it is not a text file"
+    elif not known:
+        shown = ascii(",".join(header)[:60])  # control characters and tabs visible
+        problem = f"its first line ({shown}) names none of the comma-separated HiggsML columns"
     else:
         problem = f"compared with the nearest, {NAMES[nearest]}, its header " + " and ".join(
             [*([f"lacks {_listed(missing)}"] if missing else []),
@@ -187,7 +190,9 @@ def write_csv(
     the inverse of :func:`read_csv`, e.g. a Kaggle test.csv of a synthetic sample.
 
     The header and values are those of the challenge files; a path ending in ``.gz`` is
-    gzip-compressed. The file appears complete or not at all.
+    gzip-compressed. The file appears complete or not at all. Kaggle's training.csv carried the
+    weights the challenge scored with, the official file's KaggleWeight: written as its
+    ``Weight`` where the columns have a KaggleWeight.
     """
     from ..outputs import atomic_path
 
@@ -198,6 +203,8 @@ def write_csv(
             f"{where}: format={format!r} is not a CSV format; use one of {', '.join(CSV_FORMATS)}."
         )
     names = FORMATS[format]
+    if format == "kaggle-training" and "KaggleWeight" in columns:
+        columns = {**columns, "Weight": columns["KaggleWeight"]}
     missing = [name for name in names if name not in columns]
     values = [np.asarray(columns[name]) for name in names if name in columns]
     if missing or any(v.ndim != 1 or len(v) != len(values[0]) for v in values):

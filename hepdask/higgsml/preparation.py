@@ -466,17 +466,25 @@ def _finish(directory: pathlib.Path) -> None:
         ) from exc
 
 
-def _check_test_csv(directory: pathlib.Path, previous: PreparedData | None, csv: object) -> None:
+def _check_test_csv(
+    directory: pathlib.Path, previous: PreparedData | None, csv: str | os.PathLike[str]
+) -> None:
     """Kaggle's test.csv only into a directory of its own: its unlabelled events must neither
     replace training data nor be mixed with them."""
-    if previous is not None and previous.format != "kaggle-test":
-        elsewhere = directory.with_name(directory.name + "-test")
-        raise HepdaskError(
-            f"The HiggsML CSV {csv} is Kaggle's test.csv (no Label), but {directory} holds "
-            f"training data ({NAMES[previous.format]}, {previous.source}), which it would replace "
-            "or be mixed with. Prepare the test.csv into a directory of its own: give another "
-            f"prepare.directory (or --directory), e.g. {elsewhere}."
-        )
+    waiting = _local_csv(directory, None)
+    if waiting is not None and not _same_file(waiting, csv):
+        training = f"{waiting.name}, to be converted"
+    elif previous is not None and previous.format != "kaggle-test":
+        training = f"{NAMES[previous.format]}, {previous.source}"
+    else:
+        return
+    elsewhere = directory.with_name(directory.name + "-test")
+    raise HepdaskError(
+        f"The HiggsML CSV {csv} is Kaggle's test.csv (no Label), but {directory} holds training "
+        f"data ({training}), which it would replace or be mixed with. Prepare the test.csv into "
+        "a directory of its own: give another prepare.directory (or --directory), e.g. "
+        f"{elsewhere}."
+    )
 
 
 def prepare(
