@@ -11,11 +11,12 @@ import pytest
 HEAVY = ("dask", "distributed", "awkward", "uproot", "numpy", "pandas", "sklearn", "scipy",
          "xgboost", "torch", "tensorflow", "fastapi")
 COMMANDS = ("run", "specs", "predict", "export", "serve", "service", "submit", "jobs", "logs",
-            "fetch", "upload", "cancel", "resume", "data", "convert-mlaas4hep")
+            "fetch", "upload", "cancel", "resume", "data", "convert-mlaas4hep", "higgsml",
+            "higgsml submission", "higgsml check")
 
 
-@pytest.mark.parametrize("command", [(), *((c,) for c in COMMANDS)], ids=lambda c: " ".join(c)
-                         or "hepdask")
+@pytest.mark.parametrize("command", [(), *(tuple(c.split()) for c in COMMANDS)],
+                         ids=lambda c: " ".join(c) or "hepdask")
 def test_help_imports_no_heavy_package(command):
     probe = (
         "import sys\nfrom hepdask.cli import main\ntry:\n"
