@@ -33,6 +33,7 @@ PLOT_ORDER = {
 }
 
 LEFT = ' class="l"'
+WIDE = {"features.png", "correlation.png", "history.png"}  # the full width of the page
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1200px; padding: 0 1em; color: #222; }
@@ -42,7 +43,9 @@ th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 .warning { background: #fff3cd; border: 1px solid #e0b000; padding: 0.6em 1em; margin: 1em 0; }
 .note { background: #eef4fb; border: 1px solid #9ab; padding: 0.6em 1em; margin: 1em 0; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+figure.plot { margin: 0; flex: 1 1 45%; max-width: 49%; } figure.wide { flex-basis: 100%;
+  max-width: 100%; } figure img { width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.95em; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 """
@@ -71,12 +74,14 @@ def write_report(directory: str | Path, metrics: Mapping, *, name: str,
     body += _data_section(data), _metrics_section(metrics)
     if isinstance(metrics.get("higgsml"), Mapping):
         body.append(_higgsml_section(metrics["higgsml"]))
-    body.append("<h2>Plots</h2>")
+    body.append('<h2>Plots</h2><div class="plots">')
     for path in paths:
         encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-        body.append(f'<figure id="{_e(path.stem)}"><img alt="{_e(path.name)}" '
-                    f'src="data:image/png;base64,{encoded}"><figcaption>{_e(path.name)}: '
+        wide = " wide" if path.name in WIDE else ""
+        body.append(f'<figure class="plot{wide}" id="{_e(path.stem)}"><img alt="{_e(path.name)}"'
+                    f' src="data:image/png;base64,{encoded}"><figcaption>{_e(path.name)}: '
                     f"{PLOT_ORDER.get(path.name, '')}</figcaption></figure>")
+    body.append("</div>")
     if specs is not None:
         body.append(_specs_section(specs))
     timings = metrics.get("timings_s") or {}
@@ -95,13 +100,15 @@ def _e(value) -> str:
     return html.escape(str(value))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence], *, left: int = 1) -> str:
-    """An HTML table; the first ``left`` columns left-aligned (names), the rest right (numbers)."""
+def _table(header: Sequence[str] | None, rows: Sequence[Sequence], *, left: int = 1) -> str:
+    """An HTML table (without header row when ``header`` is None: a list of facts); the first
+    ``left`` columns left-aligned (names), the rest right-aligned (numbers)."""
     def cells(tag, values):
         return "".join(f"<{tag}{LEFT if i < left else ''}>{_e(v)}</{tag}>"
                        for i, v in enumerate(values))
-    return ("<table><tr>" + cells("th", header) + "</tr>"
-            + "".join("<tr>" + cells("td", row) + "</tr>" for row in rows) + "</table>")
+    head = "" if header is None else "<tr>" + cells("th", header) + "</tr>"
+    return ("<table>" + head + "".join("<tr>" + cells("td", row) + "</tr>" for row in rows)
+            + "</table>")
 
 
 def _number(value, digits: int = 4) -> str:
@@ -118,7 +125,7 @@ def _data_section(data: Mapping) -> str:
         rows.append(["format", data["format"]])
     if "dataset" in data:
         rows.append(["data set", data["dataset"]])
-    out = "<h2>Data</h2>" + _table(["", ""], rows)
+    out = "<h2>Data</h2>" + _table(None, rows)
     samples = data.get("samples") or {}
     if samples:
         out += _table(["sample", "events", "files"], [
@@ -146,7 +153,7 @@ def _metrics_section(metrics: Mapping) -> str:
             rows.append([f"AMS at {label} on {a['threshold_split']} (b_reg = {a['b_reg']:g})",
                          f"{point['value']:.3f} on test (score \u2265 {point['threshold']:.4g}, "
                          f"{point['selected_fraction']:.1%} selected)"])
-    out = "<h2>Metrics</h2>" + _table(["", ""], rows)
+    out = "<h2>Metrics</h2>" + _table(None, rows)
     for key in ("warning",):
         if metrics.get(key):
             out += f'<div class="warning">{_e(metrics[key])}</div>'
@@ -161,7 +168,7 @@ def _higgsml_section(block: Mapping) -> str:
     facts = [[key.replace("_", " "), _number(block[key])] for key in
              ("format", "source", "comparable", "threshold", "threshold_from",
               "selected_fraction_validation") if key in block]
-    out.append(_table(["", ""], facts))
+    out.append(_table(None, facts))
     if block.get("note"):
         kind = "note" if block.get("comparable") else "warning"
         out.append(f'<div class="{kind}">{_e(block["note"])}</div>')

@@ -107,15 +107,16 @@ def plot_features(canvas: Canvas, X: np.ndarray, y: np.ndarray, w: np.ndarray,
 
 def weighted_correlation(X: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted Pearson correlations of the columns, each pair over the events where both are
-    defined (missing values are NaN), by three matrix products."""
+    defined (missing values are NaN), by three products of (events x features) matrices:
+    ``einsum``, not BLAS, whose threads can spin for seconds on a busy machine for a product
+    this size."""
     valid = np.isfinite(X).astype(np.float64)
     n = (w[:, None] * valid).sum(axis=0)
-    means = np.where(n > 0, np.nansum(w[:, None] * np.where(valid > 0, X, 0.0), axis=0)
-                     / np.where(n > 0, n, 1), 0.0)
+    means = np.einsum("ni,n->i", np.where(valid > 0, X, 0.0), w) / np.where(n > 0, n, 1.0)
     centred = np.where(valid > 0, X - means, 0.0)
     weighted = centred * w[:, None]
-    covariance = weighted.T @ centred
-    variance = (weighted * centred).T @ valid  # [i, j]: var of i over the events where j is valid
+    covariance = np.einsum("ni,nj->ij", weighted, centred)
+    variance = np.einsum("ni,nj->ij", weighted * centred, valid)  # var of i where j is defined
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = covariance / np.sqrt(variance * variance.T)
     return np.clip(corr, -1, 1)

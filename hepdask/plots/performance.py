@@ -24,6 +24,9 @@ __all__ = [
 #: the x-axis of a training curve, by engine
 STEP_NAMES = {"xgboost": "boosting round", "keras": "epoch", "torch": "epoch",
               "sklearn": "epoch"}
+METRIC_NAMES = {"auc": "AUC", "loss": "Loss", "logloss": "Log-loss", "error": "Error rate",
+                "mlogloss": "Multi-class log-loss", "merror": "Multi-class error rate",
+                "rmse": "RMSE", "aucpr": "Area under the precision-recall curve"}
 IMPORTANCE_NAMES = {"xgboost": "total gain", "sklearn": "|coefficient| (normalised inputs)"}
 
 
@@ -49,7 +52,7 @@ def plot_roc(canvas: Canvas, test: Split, metrics: Mapping) -> None:
             ax.plot(fpr, tpr, ls=style, lw=2, label=f"{tag}, AUC = {metrics.get(key, np.nan):.4f}")
         ax.plot([0, 1], [0, 1], ls=":", c="grey", label="random")
         ax.set(xlabel=r"Background efficiency $\varepsilon_b$",
-               ylabel=r"Signal efficiency $\varepsilon_s$", xlim=(0, 1), ylim=(0, 1.25))
+               ylabel=r"Signal efficiency $\varepsilon_s$", xlim=(0, 1), ylim=(0, 1.02))
         ax.legend(loc="lower right", title="Test split")
 
 
@@ -161,6 +164,8 @@ def plot_ams(canvas: Canvas, test: Split, validation: Split | None, metrics: Map
 def plot_history(canvas: Canvas, history: Mapping, engine: str,
                  best_iteration: int | None = None) -> None:
     """One panel per metric, train and validation, against boosting round or epoch."""
+    from matplotlib.ticker import MaxNLocator, NullLocator
+
     names = sorted({m for h in history.values() for m in h})
     if not names:
         return
@@ -177,7 +182,10 @@ def plot_history(canvas: Canvas, history: Mapping, engine: str,
             if best_iteration is not None:
                 ax.axvline(best_iteration + 1, ls=":", c="grey",
                            label=f"best {step} ({best_iteration + 1})")
-            ax.set(xlabel=step.capitalize(), ylabel=metric)
+            ax.set(xlabel=step.capitalize(), ylabel=METRIC_NAMES.get(metric, metric))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and epochs: 1, 2, ...
+            if max(map(len, (v.get(metric, ()) for v in history.values()))) < 20:
+                ax.xaxis.set_minor_locator(NullLocator())
             ax.legend(loc="best")
 
 
@@ -227,5 +235,5 @@ def plot_multiclass(canvas: Canvas, test: Split, metrics: Mapping, bins: int | s
                     label=f"{class_names[k]} vs rest, AUC = {aucs[k]:.4f}")
         ax.plot([0, 1], [0, 1], ls=":", c="grey")
         ax.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1),
-               ylim=(0, 1.25))
+               ylim=(0, 1.02))
         ax.legend(loc="lower right", title="Test split")
