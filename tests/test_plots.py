@@ -223,3 +223,18 @@ def test_weighted_correlation_with_missing_values():
     ("DER_pt_ratio_lep_tau", ""), ("PRI_met_phi", ""), ("PRI_jet_num", ""), ("Jet.n", "")])
 def test_units_from_feature_names(name, unit):
     assert unit_of(name) == unit
+
+
+def test_the_feature_sample_takes_every_block_not_the_first_rows():
+    import dask.array as da
+
+    from hepdask.features import SplitArrays
+
+    signal = np.column_stack([np.ones((600, 2)), np.ones(600), np.ones(600)])  # [X | y | w]
+    background = np.column_stack([np.zeros((1400, 2)), np.zeros(1400), np.ones(1400)])
+    split = SplitArrays(da.concatenate([da.from_array(signal, chunks=(300, 4)),
+                                        da.from_array(background, chunks=(700, 4))]))
+    sample = split.sample(500).compute()
+    assert 500 <= len(sample) <= 504
+    assert (sample[:, -2] == 1).sum() == 150  # each block gives the same fraction, 1/4
+    assert split.sample(10_000) is split.matrix

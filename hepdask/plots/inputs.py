@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .performance import _weighted_hist
-from .style import Canvas, auto_bins, class_colours
+from .style import Canvas, auto_bins, class_colours, density_hist
 
 __all__ = ["FeatureSample", "plot_correlation", "plot_features", "unit_of"]
 
@@ -82,7 +81,7 @@ def plot_features(canvas: Canvas, X: np.ndarray, y: np.ndarray, w: np.ndarray,
                      else np.linspace(lo, hi, n_bins + 1))
             for label, colour in zip(classes, colours, strict=True):
                 sel = (y == label) & finite
-                density, _ = _weighted_hist(np.clip(column[sel], edges[0], edges[-1]), w[sel],
+                density, _ = density_hist(np.clip(column[sel], edges[0], edges[-1]), w[sel],
                                             edges)
                 ax.stairs(density, edges, lw=1.5, color=colour, label=class_names[label])
                 missing.append(1 - sel.sum() / max(int((y == label).sum()), 1))

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..evaluate import Split, ams_curve
-from .style import Canvas, auto_bins, class_colours, score_range
+from .style import Canvas, auto_bins, class_colours, density_hist, score_range
 
 __all__ = [
     "plot_ams",
@@ -28,16 +28,6 @@ METRIC_NAMES = {"auc": "AUC", "loss": "Loss", "logloss": "Log-loss", "error": "E
                 "mlogloss": "Multi-class log-loss", "merror": "Multi-class error rate",
                 "rmse": "RMSE", "aucpr": "Area under the precision-recall curve"}
 IMPORTANCE_NAMES = {"xgboost": "total gain", "sklearn": "|coefficient| (normalised inputs)"}
-
-
-def _weighted_hist(values: np.ndarray, weights: np.ndarray, edges: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Density (normalised to unit area) and its statistical error, sqrt(sum w^2) per bin."""
-    sums = np.histogram(values, edges, weights=weights)[0]
-    squares = np.histogram(values, edges, weights=np.square(weights))[0]
-    norm = sums.sum() * np.diff(edges)
-    norm = np.where(norm > 0, norm, 1.0)
-    return sums / norm, np.sqrt(squares) / norm
 
 
 def plot_roc(canvas: Canvas, test: Split, metrics: Mapping) -> None:
@@ -93,10 +83,10 @@ def plot_overtraining(canvas: Canvas, train: Split, test: Split, bins: int | str
         for label in (0, 1):
             name, colour = class_names[label], colours[label]
             test_sel, train_sel = y_test == label, y_train == label
-            density, _ = _weighted_hist(s_test[test_sel], w_test[test_sel], edges)
+            density, _ = density_hist(s_test[test_sel], w_test[test_sel], edges)
             ax.stairs(density, edges, fill=True, alpha=0.35, color=colour,
                       label=f"{name} (test)")
-            density_train, error = _weighted_hist(s_train[train_sel], w_train[train_sel], edges)
+            density_train, error = density_hist(s_train[train_sel], w_train[train_sel], edges)
             p = ks_2samp(s_train[train_sel], s_test[test_sel]).pvalue
             ax.errorbar(centres, density_train, yerr=error, fmt="o", ms=3.5, color=colour,
                         label=f"{name} (train), KS p = {p:.3g}")
@@ -220,7 +210,7 @@ def plot_multiclass(canvas: Canvas, test: Split, metrics: Mapping, bins: int | s
         for k, ax in enumerate(np.ravel(axes)):
             for label in range(n_classes):
                 sel = y == label
-                density, _ = _weighted_hist(scores[sel, k], w[sel], edges)
+                density, _ = density_hist(scores[sel, k], w[sel], edges)
                 ax.stairs(density, edges, lw=2, color=colours[label], label=class_names[label])
             ax.set(xlabel=f"P({class_names[k]})", yscale="log", xlim=(0, 1))
             low, high = ax.get_ylim()

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..outputs import atomic_path
 
-__all__ = ["Canvas", "auto_bins", "class_colours"]
+__all__ = ["Canvas", "auto_bins", "class_colours", "density_hist", "hep_style", "score_range"]
 
 EXPERIMENT = "hepdask"
 DPI = 100
@@ -115,3 +115,13 @@ def score_range(*arrays: np.ndarray) -> tuple[float, float]:
     if not math.isfinite(lo) or (0 <= lo and hi <= 1):
         return 0.0, 1.0
     return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+
+
+def density_hist(values: np.ndarray, weights: np.ndarray, edges: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Density (normalised to unit area) and its statistical error, sqrt(sum w^2) per bin."""
+    sums = np.histogram(values, edges, weights=weights)[0]
+    squares = np.histogram(values, edges, weights=np.square(weights))[0]
+    norm = sums.sum() * np.diff(edges)
+    norm = np.where(norm > 0, norm, 1.0)
+    return sums / norm, np.sqrt(squares) / norm
