@@ -11,12 +11,13 @@ run. Histograms take their bins from the number of events (``evaluate.bins = "au
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ..evaluate import Split
+from ..outputs import atomic_path
 from .inputs import MAX_FEATURES, FeatureSample, plot_correlation, plot_features, unit_of
 from .performance import (
     plot_ams,
@@ -30,7 +31,7 @@ from .performance import (
 )
 from .style import Canvas, auto_bins, hep_style
 
-__all__ = ["FeatureSample", "auto_bins", "plot_all", "unit_of"]
+__all__ = ["FeatureSample", "auto_bins", "plot_all", "render", "unit_of"]
 
 BINARY_NAMES = {0: "background", 1: "signal"}
 
@@ -41,40 +42,76 @@ def plot_all(directory: str | Path, *, test: Split, metrics: Mapping,
              importance: Mapping[str, float] | None = None, history: Mapping | None = None,
              engine: str = "", best_iteration: int | None = None,
              inputs: FeatureSample | None = None, bins: int | str = "auto", run: str = "",
-             synthetic: bool = False, class_names: Mapping[int, str] | None = None
-             ) -> list[Path]:
+             synthetic: bool = False, class_names: Mapping[int, str] | None = None,
+             client=None) -> list[Path]:
     """Write every plot the inputs allow into ``directory``; returns their paths.
 
     ``test``, ``validation`` and ``train`` are (scores, labels, weights) of the splits (the
     train scores give the overtraining check); ``inputs`` a sample of test events' features in
-    physical units. ``metrics`` is :func:`hepdask.evaluate.evaluate_scores`'s.
+    physical units. ``metrics`` is :func:`hepdask.evaluate.evaluate_scores`'s. With a Dask
+    ``client`` the figures are drawn on its workers, several at once (drawing is most of the
+    time, and the workers are idle at the end of a run); the files are written here.
     """
     test = _split(test)
     multiclass = np.ndim(test[0]) == 2
     if class_names is None or not multiclass:
         class_names = (BINARY_NAMES if not multiclass
                        else {k: f"class {k}" for k in range(test[0].shape[1])})
-    canvas = Canvas(Path(directory), run=run, synthetic=synthetic)
+    train = _split(train) if train is not None and len(np.unique(train[1])) == 2 else None
+    validation = None if validation is None else _split(validation)
+    if inputs is not None and not len(inputs.y):
+        inputs = None
+    if client is not None:  # each array sent to the workers once, not once per figure
+        test, train, validation, inputs = (None if x is None else client.scatter(x, hash=False)
+                                           for x in (test, train, validation, inputs))
+    jobs: list[tuple] = []  # (plot function, its arguments after the canvas), slowest first
+    if inputs is not None:
+        jobs += [(_plot_features, (inputs, importance, class_names, bins)),
+                 (_plot_correlation, (inputs, importance, class_names))]
+    if multiclass:
+        jobs.append((plot_multiclass, (test, metrics, bins, class_names)))
+    elif "auc" in metrics:  # both classes in the test split
+        jobs += [(plot_roc, (test, metrics)), (plot_rejection, (test,)),
+                 (plot_scores, (test, bins, class_names, class_totals))]
+        if train is not None:
+            jobs.append((plot_overtraining, (train, test, bins, class_names)))
+        if "ams" in metrics and class_totals is not None:
+            jobs.append((plot_ams, (test, validation, metrics, class_totals)))
+    if history:
+        jobs.append((plot_history, (history, engine, best_iteration)))
+    if importance:
+        jobs.append((plot_importance, (importance, engine)))
+    if client is None:
+        rendered = [render(run, synthetic, plot, args) for plot, args in jobs]
+    else:
+        rendered = client.gather([client.submit(render, run, synthetic, plot, args, pure=False)
+                                  for plot, args in jobs])
+    directory = Path(directory)
+    written = []
+    for figures in rendered:
+        for name, png in figures.items():
+            with atomic_path(directory / name) as tmp:
+                tmp.write_bytes(png)
+            written.append(directory / name)
+    return written
+
+
+def render(run: str, synthetic: bool, plot: Callable, args: tuple) -> dict[str, bytes]:
+    """The PNG bytes of the figures ``plot(canvas, *args)`` draws, in hepdask's style."""
+    canvas = Canvas(run=run, synthetic=synthetic)
     with hep_style():
-        if multiclass:
-            plot_multiclass(canvas, test, metrics, bins, class_names)
-        elif "auc" in metrics:  # both classes in the test split
-            plot_roc(canvas, test, metrics)
-            plot_rejection(canvas, test)
-            plot_scores(canvas, test, bins, class_names, class_totals)
-            if train is not None and len(np.unique(train[1])) == 2:
-                plot_overtraining(canvas, _split(train), test, bins, class_names)
-            if "ams" in metrics and class_totals is not None:
-                plot_ams(canvas, test, validation and _split(validation), metrics, class_totals)
-        if inputs is not None and len(inputs.y):
-            X, names = _chosen(inputs, importance)
-            plot_features(canvas, X, inputs.y, inputs.w, names, class_names, bins)
-            plot_correlation(canvas, X, inputs.y, inputs.w, names, class_names)
-        if history:
-            plot_history(canvas, history, engine, best_iteration)
-        if importance:
-            plot_importance(canvas, importance, engine)
-    return canvas.written
+        plot(canvas, *args)
+    return canvas.rendered
+
+
+def _plot_features(canvas: Canvas, inputs: FeatureSample, importance, class_names, bins):
+    X, names = _chosen(inputs, importance)
+    plot_features(canvas, X, inputs.y, inputs.w, names, class_names, bins)
+
+
+def _plot_correlation(canvas: Canvas, inputs: FeatureSample, importance, class_names):
+    X, names = _chosen(inputs, importance)
+    plot_correlation(canvas, X, inputs.y, inputs.w, names, class_names)
 
 
 def _split(split: Split) -> Split:

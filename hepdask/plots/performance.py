@@ -94,7 +94,8 @@ def plot_overtraining(canvas: Canvas, train: Split, test: Split, bins: int | str
                xlim=(edges[0], edges[-1]), yscale="log")
         low, high = ax.get_ylim()
         ax.set_ylim(max(low, high * 1e-5), high * 40)
-        ax.legend(loc="upper center", ncols=2, fontsize=9)
+        ax.legend(loc="upper center", ncols=2, fontsize=9, title_fontsize=9,
+                  title="Kolmogorov-Smirnov p-value of train against test (unweighted)")
 
 
 def plot_scores(canvas: Canvas, test: Split, bins: int | str, class_names: Mapping[int, str],

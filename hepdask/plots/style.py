@@ -7,15 +7,13 @@ into slides; so the label is drawn by :meth:`Canvas.figure`, never left to each 
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-
-from ..outputs import atomic_path
 
 __all__ = ["Canvas", "auto_bins", "class_colours", "density_hist", "hep_style", "score_range"]
 
@@ -44,32 +42,30 @@ def class_colours(n_classes: int) -> list[str]:
 
 @dataclass
 class Canvas:
-    """Makes the figures of one run, labels them, and writes them as PNG into ``directory``."""
+    """Makes the figures of one run and labels them; ``rendered`` holds each one's PNG bytes
+    (written into the run by the caller: the figures may be drawn on a Dask worker)."""
 
-    directory: Path
     run: str
     synthetic: bool = False
-    written: list[Path] = field(default_factory=list)
+    rendered: dict[str, bytes] = field(default_factory=dict)
 
     @contextmanager
     def figure(self, name: str, *, nrows: int = 1, ncols: int = 1, figsize=(6.4, 5.2),
                margins: dict | None = None, **kwargs) -> Iterator[tuple]:
-        """(figure, axes) for ``name`` (e.g. "roc.png"), written when the block ends, with the
+        """(figure, axes) for ``name`` (e.g. "roc.png"), rendered when the block ends, with the
         label above the frame (where no legend or curve can hide it). The layout is fixed
-        (``margins``, as figure fractions): a layout engine costs seconds per figure."""
-        import matplotlib.pyplot as plt
+        (``margins``, as figure fractions): a layout engine costs seconds per figure. No pyplot:
+        a figure of its own, whatever backend or figures the process has."""
+        from matplotlib.figure import Figure
 
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, **kwargs)
+        fig = Figure(figsize=figsize)
+        axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
         fig.subplots_adjust(**{**MARGINS, **(margins or {})})
-        try:
-            yield fig, (axes[0, 0] if nrows == ncols == 1 else axes)
-            self._label(fig, axes)
-            path = self.directory / name
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format="png", dpi=DPI)
-            self.written.append(path)
-        finally:
-            plt.close(fig)
+        yield fig, (axes[0, 0] if nrows == ncols == 1 else axes)
+        self._label(fig, axes)
+        out = io.BytesIO()
+        fig.savefig(out, format="png", dpi=DPI)
+        self.rendered[name] = out.getvalue()
 
     def _label(self, fig, axes) -> None:
         """"hepdask" in bold (and "Synthetic data" in italics) top left, the run name top right:
@@ -89,14 +85,11 @@ class Canvas:
 
 @contextmanager
 def hep_style() -> Iterator[None]:
-    """mplhep's ROOT style (neutral: no experiment's fonts or logo), Agg backend."""
+    """mplhep's ROOT style (neutral: no experiment's fonts or logo)."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import mplhep
 
-    with plt.style.context(mplhep.style.ROOT), matplotlib.rc_context({
+    with matplotlib.style.context(mplhep.style.ROOT), matplotlib.rc_context({
         "font.size": 12, "axes.labelsize": 13, "legend.fontsize": 10, "legend.frameon": False,
         "figure.autolayout": False, "figure.constrained_layout.use": False,
         "axes.prop_cycle": matplotlib.cycler(color=COLOURS),
