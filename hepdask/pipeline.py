@@ -354,7 +354,7 @@ class Pipeline:
                 history=model.history, engine=self.config.train.engine,
                 best_iteration=model.best_iteration, inputs=inputs, bins=cfg.bins,
                 run=self.config.name, synthetic=self.data_source.get("source") == "synthetic",
-                class_names=self._class_names(), client=client)
+                class_names=self._class_names())
         metrics.update({
             "engine": self.config.train.engine,
             "device": self.device(client),

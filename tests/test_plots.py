@@ -15,7 +15,7 @@ import pytest
 from test_inference import higgs_overrides
 from test_pipeline import HIGGS
 
-from hepdask import HepdaskError, Pipeline, higgsml, load_config, plots
+from hepdask import HepdaskError, Pipeline, higgsml, load_config
 from hepdask.features import denormalize, normalize
 from hepdask.plots import auto_bins, unit_of
 from hepdask.plots.inputs import weighted_correlation
@@ -36,12 +36,10 @@ def higgs_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def labels():
-    """Every figure's axes labels and texts, recorded as the canvas labels them (the figures
-    drawn in this process, where the recording is, rather than on the workers)."""
+    """Every figure's axes labels and texts, recorded as the canvas labels them."""
     seen: dict[str, dict] = {}
     original = Canvas._label
     original_figure = Canvas.figure
-    original_plot_all = plots.plot_all
 
     def recording(self, fig, axes):
         original(self, fig, axes)
@@ -59,8 +57,6 @@ def labels():
     mp = pytest.MonkeyPatch()
     mp.setattr(Canvas, "_label", recording)
     mp.setattr(Canvas, "figure", figure)
-    mp.setattr(plots, "plot_all", lambda *args, **kwargs: original_plot_all(
-        *args, **{**kwargs, "client": None}))
     yield seen
     mp.undo()
 
@@ -242,26 +238,3 @@ def test_the_feature_sample_takes_every_block_not_the_first_rows():
     assert (sample[:, -2] == 1).sum() == 150  # each block gives the same fraction, 1/4
     assert split.sample(10_000) is split.matrix
 
-
-def test_the_cluster_draws_the_same_figures(client, tmp_path):
-    rng = np.random.default_rng(5)
-    y = (rng.random(3000) < 0.3).astype(int)
-    scores = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
-    w = rng.uniform(0.5, 1.5, len(y))
-    from hepdask import evaluate as ev
-
-    metrics = ev.evaluate_scores(scores, y, w, class_totals={0: 100.0, 1: 1.0})
-    X = np.column_stack([rng.exponential(40, len(y)) + 20 * y, rng.normal(size=len(y))])
-    arguments = {"test": (scores, y, w), "train": (scores, y, w), "metrics": metrics,
-                 "class_totals": {0: 100.0, 1: 1.0}, "run": "toy",
-                 "inputs": plots.FeatureSample(X, y, w, ("lep_pt", "lep_eta")),
-                 "history": {"train": {"logloss": [0.6, 0.5]}}, "engine": "xgboost"}
-    (tmp_path / "here").mkdir()
-    (tmp_path / "there").mkdir()
-    here = plots.plot_all(tmp_path / "here", **arguments)
-    there = plots.plot_all(tmp_path / "there", **arguments, client=client)
-    names = {"roc.png", "rejection.png", "scores.png", "overtraining.png", "ams.png",
-             "features.png", "correlation.png", "history.png"}
-    assert {p.name for p in here} == {p.name for p in there} == names
-    for name in names:  # the same figure, whichever process drew it
-        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "there" / name).read_bytes()

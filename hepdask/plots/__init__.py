@@ -42,15 +42,15 @@ def plot_all(directory: str | Path, *, test: Split, metrics: Mapping,
              importance: Mapping[str, float] | None = None, history: Mapping | None = None,
              engine: str = "", best_iteration: int | None = None,
              inputs: FeatureSample | None = None, bins: int | str = "auto", run: str = "",
-             synthetic: bool = False, class_names: Mapping[int, str] | None = None,
-             client=None) -> list[Path]:
+             synthetic: bool = False, class_names: Mapping[int, str] | None = None
+             ) -> list[Path]:
     """Write every plot the inputs allow into ``directory``; returns their paths.
 
     ``test``, ``validation`` and ``train`` are (scores, labels, weights) of the splits (the
     train scores give the overtraining check); ``inputs`` a sample of test events' features in
-    physical units. ``metrics`` is :func:`hepdask.evaluate.evaluate_scores`'s. With a Dask
-    ``client`` the figures are drawn on its workers, several at once (drawing is most of the
-    time, and the workers are idle at the end of a run); the files are written here.
+    physical units. ``metrics`` is :func:`hepdask.evaluate.evaluate_scores`'s. (Drawing the
+    figures on the Dask workers was measured slower on the default run: each worker's first
+    matplotlib import costs more than the figures.)
     """
     test = _split(test)
     multiclass = np.ndim(test[0]) == 2
@@ -61,10 +61,7 @@ def plot_all(directory: str | Path, *, test: Split, metrics: Mapping,
     validation = None if validation is None else _split(validation)
     if inputs is not None and not len(inputs.y):
         inputs = None
-    if client is not None:  # each array sent to the workers once, not once per figure
-        test, train, validation, inputs = (None if x is None else client.scatter(x, hash=False)
-                                           for x in (test, train, validation, inputs))
-    jobs: list[tuple] = []  # (plot function, its arguments after the canvas), slowest first
+    jobs: list[tuple] = []  # (plot function, its arguments after the canvas)
     if inputs is not None:
         jobs += [(_plot_features, (inputs, importance, class_names, bins)),
                  (_plot_correlation, (inputs, importance, class_names))]
@@ -81,15 +78,10 @@ def plot_all(directory: str | Path, *, test: Split, metrics: Mapping,
         jobs.append((plot_history, (history, engine, best_iteration)))
     if importance:
         jobs.append((plot_importance, (importance, engine)))
-    if client is None:
-        rendered = [render(run, synthetic, plot, args) for plot, args in jobs]
-    else:
-        rendered = client.gather([client.submit(render, run, synthetic, plot, args, pure=False)
-                                  for plot, args in jobs])
     directory = Path(directory)
     written = []
-    for figures in rendered:
-        for name, png in figures.items():
+    for plot, args in jobs:
+        for name, png in render(run, synthetic, plot, args).items():
             with atomic_path(directory / name) as tmp:
                 tmp.write_bytes(png)
             written.append(directory / name)
