@@ -241,7 +241,7 @@ def summary(metrics: Mapping, run_dir: str | Path) -> str:
     lines = [f"Run directory: {run_dir}"]
     data = metrics.get("data", {})
     if "source" in data:
-        form = f" ({data['format']})" if data.get("format") else ""
+        form = f" ({data['format']})" if data.get("format") not in (None, data["source"]) else ""
         lines.append(f"Data: {data.get('dataset', '')} {data['source']}{form}".replace("  ", " "))
     if metrics.get("read_errors"):
         errors = metrics["read_errors"]

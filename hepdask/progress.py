@@ -210,11 +210,14 @@ class Progress:
             distributed.wait(futures)
             return
         feed = _TaskFeed(futures, scheduler=self.client.scheduler.address, interval="200ms")
-        feed.bar = self._bar
+        feed.bar, feed.counted = self._bar, threading.Event()
         drawing = asyncio.run_coroutine_threadsafe(feed.listen(),
                                                    self.client.loop.asyncio_loop)
         try:
             distributed.wait(futures)
+            # Stopped while the scheduler still waits for the keys (a compute done in less than
+            # its 50 ms poll), the feed would make the scheduler log a CancelledError traceback.
+            feed.counted.wait(timeout=1.0)
         finally:
             drawing.cancel()
             with contextlib.suppress(BaseException):  # let the feed stop drawing first
@@ -251,9 +254,11 @@ class _TaskFeed(_SchedulerFeed):
     listens to), drawn on a :class:`Bar`."""
 
     bar: Bar
+    counted: threading.Event  # set at the scheduler's first count
 
     def _draw_bar(self, remaining: int, all: int, **kwargs) -> None:
         self.bar.update(all - remaining, all)
+        self.counted.set()
 
 
 def _counting() -> Progress | None:

@@ -143,7 +143,8 @@ def summary_lines(block: Mapping) -> list[str]:
     """The run summary's HiggsML lines: the threshold, each leaderboard set, the anchors or
     the sentence that says why the numbers are not the challenge's."""
     fraction = block.get("selected_fraction_validation")
-    lines = [f"HiggsML ({block['format']}, {block['source']}): events with score >= "
+    origin = dict.fromkeys([block["format"], block["source"]])  # "synthetic" once
+    lines = [f"HiggsML ({', '.join(origin)}): events with score >= "
              f"{block['threshold']:.4g} selected"
              + (f" ({fraction:.1%} of validation)" if fraction is not None else ""),
              f"  threshold: {block['threshold_from']}"]

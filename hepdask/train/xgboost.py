@@ -126,6 +126,8 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
         log.info("XGBoost device: %s", notes[-1])
     params["device"] = device
     plan = training_workers(client, config, device, features)
+    if plan.note:
+        log.info(plan.note)
     if plan.nthread is not None and "nthread" not in params and "n_jobs" not in params:
         params["nthread"] = plan.nthread
     train, valid = features.train, features.validation
@@ -190,6 +192,7 @@ class Placement:
 
     workers: tuple[str, ...] | None = None
     nthread: int | None = None
+    note: str = ""  # why, for the log
 
 
 #: One training worker per host holds at most this fraction of its memory limit in features.
@@ -219,15 +222,14 @@ def training_workers(client, config: XGBoostConfig, device: str, features: Featu
     limits = [info[w].get("memory_limit") or 0 for w in chosen]
     share = size / len(chosen)
     if any(limit and share > _HOST_SHARE * limit for limit in limits):
-        log.info("XGBoost trains on every worker: the features (%.2g GB) do not fit one worker "
-                 "per host (%.0f%% of its memory limit at most)", size / 1e9, 100 * _HOST_SHARE)
-        return Placement()
-    threads = [sum(info[w]["nthreads"] for w in workers) for workers in hosts.values()]
-    log.info("XGBoost trains on one worker per host (%s), with %d thread(s) each: the workers of a "
-             "host share its cores instead of exchanging histograms between processes "
-             "(train.xgboost.workers = \"all\" trains on every worker)", ", ".join(chosen),
-             min(threads))
-    return Placement(tuple(chosen), min(threads))
+        return Placement(note=f"XGBoost trains on every worker: the features ({size / 1e9:.2g} "
+                              "GB) do not fit one worker per host (at most "
+                              f"{100 * _HOST_SHARE:.0f}% of its memory limit)")
+    threads = min(sum(info[w]["nthreads"] for w in workers) for workers in hosts.values())
+    return Placement(tuple(chosen), threads, note=(
+        f"XGBoost trains on one worker per host ({', '.join(chosen)}), with {threads} thread(s) "
+        "each: the workers of a host share its cores instead of exchanging histograms between "
+        "processes (train.xgboost.workers = \"all\" trains on every worker)"))
 
 
 def _collective_config(client) -> xgboost.collective.Config | None:
