@@ -266,7 +266,8 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare a known data set as ROOT files")
     data.add_argument("dataset", choices=["higgs"], help="higgs: the 2014 ATLAS HiggsML challenge")
     data.add_argument("--directory", default="data/higgs", help="where to write (default %(default)s)")
-    data.add_argument("--csv", help="the official atlas-higgs-challenge-2014-v2.csv[.gz]")
+    data.add_argument("--csv", help="the official atlas-higgs-challenge-2014-v2.csv[.gz], or "
+                                    "Kaggle's training.csv or test.csv (the header tells which)")
     data.add_argument("--synthetic", type=int, metavar="N",
                       help="generate N synthetic events when no real CSV is present "
                            "(implies --no-download; real data already converted are kept)")
@@ -608,6 +609,8 @@ def _data(args) -> int:
         synthetic_events=args.synthetic or 250_000, seed=args.seed,
         events_per_file=args.events_per_file,
     )
-    print(f"HiggsML data ({prepared.source}) in {prepared.directory}: "
-          + ", ".join(f"{k} {v} events" for k, v in prepared.n_events.items()))
+    print(f"HiggsML data in {prepared.directory}: {higgsml.convert.NAMES[prepared.format]} "
+          f"(format {prepared.format}, source {prepared.source})")
+    for series, paths in prepared.files.items():
+        print(f"  {series:<10} {prepared.n_events[series]:>9,} events in {len(paths)} file(s)")
     return 0

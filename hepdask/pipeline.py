@@ -158,6 +158,7 @@ class Pipeline:
             record["sources"] = sorted(sources)
         if found:
             record["dataset"] = "higgs"
+            record["format"] = "+".join(sorted({p.format for p in found.values()}))
         record["samples"] = {
             s.name: {"events": s.n_events,
                      "files": [{"path": f.path, "entries": f.entries,

@@ -429,8 +429,13 @@ def test_write_root_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_write_root_bad_input(tmp_path: Path) -> None:
     columns = synthesize(100)
+    with pytest.raises(HepdaskError, match="Label"):  # without Label: a test series, not this
+        write_root({k: v for k, v in columns.items() if k != "Label"}, tmp_path, leaderboard=True)
+    with pytest.raises(HepdaskError, match="KaggleSet"):
+        write_root({k: v for k, v in columns.items() if k != "KaggleSet"}, tmp_path,
+                   leaderboard=True)
     with pytest.raises(HepdaskError, match="Label"):
-        write_root({k: v for k, v in columns.items() if k != "Label"}, tmp_path)
+        write_root({**columns, "Label": columns["Label"] * 2}, tmp_path)
     with pytest.raises(HepdaskError, match="EventId"):
         write_root({**columns, "EventId": columns["EventId"][:5]}, tmp_path)
     with pytest.raises(HepdaskError, match="events_per_file"):

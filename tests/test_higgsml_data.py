@@ -205,6 +205,7 @@ def test_cli_data_then_run_trains_on_the_real_files(csv: Path, tmp_path: Path):
     _assert_real(data, 5000)
     metrics = json.loads((tmp_path / "runs" / "higgs" / "metrics.json").read_text())
     assert metrics["data"]["source"] == "csv" and metrics["data"]["dataset"] == "higgs"
+    assert metrics["data"]["format"] == "official"
     files = metrics["data"]["samples"]["signal"]["files"]
     assert [f["path"] for f in files] == [str(data / "signal_000.root")]
     assert files[0]["entries"] == 349 and files[0]["source"] == "csv"
@@ -256,6 +257,7 @@ def test_run_without_prepare_over_synthetic_files_says_synthetic(
     data = json.loads((tmp_path / "higgs" / "metrics.json").read_text())["data"]
     assert data == metrics["data"] and data["source"] == "synthetic"
     assert data["dataset"] == "higgs" and "Data: higgs synthetic" in summary(metrics, tmp_path)
+    assert data["format"] == "synthetic"
     files = [f for s in data["samples"].values() for f in s["files"]]
     assert {f["source"] for f in files} == {"synthetic"}
     assert sum(f["entries"] for f in files) == 4000

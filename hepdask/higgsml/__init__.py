@@ -3,7 +3,9 @@
 The challenge file (CERN Open Data record 328) is a CSV, while hepdask trains on ROOT TTrees:
 
 - :mod:`~hepdask.higgsml.schema`: the columns, weight totals and KaggleSet sizes;
-- :mod:`~hepdask.higgsml.convert`: the CSV read into columns, and columns written as ROOT files;
+- :mod:`~hepdask.higgsml.convert`: the CSV (the official file, Kaggle's training.csv or test.csv,
+  told apart by the header) read into columns and written back, and columns written as ROOT file
+  series (per class, and per leaderboard set for the official file);
 - :mod:`~hepdask.higgsml.synthetic`: a synthetic stand-in with the same schema, the same ``-999``
   pattern and roughly the same shapes, so that examples and tests run offline;
 - :mod:`~hepdask.higgsml.preparation`: :func:`prepare` chooses between converting, downloading and
@@ -15,24 +17,37 @@ The challenge file (CERN Open Data record 328) is a CSV, while hepdask trains on
 
 from __future__ import annotations
 
-from .convert import read_csv, write_root
+from .convert import csv_format, read_csv, write_csv, write_root
 from .preparation import MANIFEST_NAME, PreparedData, announce_synthetic, find_prepared, prepare
-from .schema import BACKGROUND_TOTAL, COLUMNS, CSV_NAME, CSV_URL, FEATURES, SIGNAL_TOTAL
+from .schema import (
+    ANCHORS,
+    BACKGROUND_TOTAL,
+    COLUMNS,
+    CSV_NAME,
+    CSV_URL,
+    FEATURES,
+    FORMATS,
+    SIGNAL_TOTAL,
+)
 from .synthetic import synthesize
 
 __all__ = [
+    "ANCHORS",
     "BACKGROUND_TOTAL",
     "COLUMNS",
     "CSV_NAME",
     "CSV_URL",
     "FEATURES",
+    "FORMATS",
     "MANIFEST_NAME",
     "SIGNAL_TOTAL",
     "PreparedData",
     "announce_synthetic",
+    "csv_format",
     "find_prepared",
     "prepare",
     "read_csv",
     "synthesize",
+    "write_csv",
     "write_root",
 ]

@@ -18,7 +18,19 @@ import numpy as np
 import uproot
 
 from ..errors import HepdaskError
-from .convert import CLASSES, _check_events_per_file, _is_gzip, _no_csv, read_csv, write_root
+from .convert import (
+    CLASSES,
+    NAMES,
+    SERIES,
+    TEST,
+    _check_events_per_file,
+    _groups,
+    _is_gzip,
+    _no_csv,
+    csv_format,
+    read_csv,
+    write_root,
+)
 from .schema import CSV_NAME, CSV_URL
 from .synthetic import synthesize
 
@@ -35,6 +47,18 @@ _DOWNLOAD_TIMEOUT_S = 10.0
 # globs never see a half-written series, and in the same file system, so that moving is renaming.
 _STAGING = ".hepdask-prepare"
 _REPLACES = "replaces"  # staging manifest only: the files of the series it replaces
+# The official file's sets are series of their own ("leaderboard": true); manifests written before
+# have all its events in signal/background, and are re-split.
+_BEFORE = {"leaderboard": False}
+_MEANING = {
+    "official": "KaggleSet t is hepdask's training, validation and test data (signal_*, "
+                "background_*), and b and v the public and private leaderboard sets (public_*, "
+                "private_*, with a Label branch), scored with their KaggleWeight as the challenge "
+                "scored them",
+    "kaggle-training": "no KaggleSet, so the AMS is not comparable to the leaderboard: every event "
+                       "is in signal_*/background_*, and the AMS is that of hepdask's test split",
+    "kaggle-test": "without Label, its events (test_*) are for a submission, not for training",
+}
 
 
 @dataclass(frozen=True)
@@ -48,9 +72,11 @@ class PreparedData:
     directory
         The data directory.
     files
-        Paths of the ROOT files per class (``"signal"``, ``"background"``), in order.
+        Paths of the ROOT files per series, in order: ``"signal"`` and ``"background"`` (the
+        training events); for the official file also ``"public"``, ``"private"`` and
+        ``"unused"`` where they have events; for Kaggle's test.csv only ``"test"``.
     n_events
-        Number of events per class.
+        Number of events per series.
     tree
         Name of the TTree in every file.
     manifest
@@ -83,9 +109,12 @@ class PreparedData:
         path = directory / MANIFEST_NAME
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
-            files = {name: [directory / f for f in manifest["files"][name]] for name in CLASSES}
-            n_events = {name: int(manifest["n_events"][name]) for name in CLASSES}
+            files = {str(name): [directory / str(f) for f in names]
+                     for name, names in manifest["files"].items()}
+            n_events = {name: int(manifest["n_events"][name]) for name in files}
             source, tree = str(manifest["source"]), str(manifest["tree"])
+            if not set(CLASSES) <= set(files) and TEST not in files:
+                raise ValueError("neither signal and background nor test files")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise HepdaskError(
                 f"The HiggsML manifest {path} is missing or damaged ({exc!r}). Run "
@@ -102,6 +131,16 @@ class PreparedData:
     def absent(self) -> list[pathlib.Path]:
         """The files the manifest lists that do not exist."""
         return [path for paths in self.files.values() for path in paths if not path.is_file()]
+
+    @property
+    def format(self) -> str:
+        """The form the data came in (a key of :data:`~hepdask.higgsml.schema.FORMATS`).
+
+        Manifests written before the format was recorded came from the official file or the
+        generator.
+        """
+        default = "synthetic" if self.source == "synthetic" else "official"
+        return str(self.manifest.get("format", default))
 
 
 def find_prepared(paths: Iterable[str]) -> dict[str, PreparedData]:
@@ -152,10 +191,11 @@ def _download(directory: pathlib.Path) -> pathlib.Path | None:
 
 
 def _local_csv(directory: pathlib.Path, csv: str | os.PathLike[str] | None) -> pathlib.Path | None:
-    """The CSV to convert: the one given, else the official file in the directory, if any."""
+    """The CSV to convert: the one given, else the official file or Kaggle's training.csv in the
+    directory, if any."""
     if csv is not None:
         return pathlib.Path(csv)
-    for name in (CSV_NAME, CSV_NAME.removesuffix(".gz")):
+    for name in (CSV_NAME, CSV_NAME.removesuffix(".gz"), "training.csv.gz", "training.csv"):
         if (directory / name).is_file():
             return directory / name
     return None
@@ -189,8 +229,9 @@ def _names(paths: list[pathlib.Path]) -> str:
 
 
 def _series(directory: pathlib.Path) -> list[pathlib.Path]:
-    """The files the samples' usual globs (``signal_*.root``, ``background_*.root``) would read."""
-    return sorted(path for name in CLASSES for path in directory.glob(f"{name}_*.root"))
+    """The files the usual globs of every series (``signal_*.root``, ``public_*.root``, ...)
+    would read."""
+    return sorted(path for name in SERIES for path in directory.glob(f"{name}_*.root"))
 
 
 def _previous(directory: pathlib.Path) -> PreparedData | None:
@@ -233,46 +274,65 @@ def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
 
 
 def _sizes(n_events: Mapping[str, int], events_per_file: object) -> list[list[int]] | None:
-    """Events per file of each class in a layout (None for a layout that is not one)."""
+    """Events per file of each series in a layout (None for a layout that is not one)."""
     if isinstance(events_per_file, bool) or not isinstance(events_per_file, int):
         return None
     return [[min(events_per_file, n - start) for start in range(0, n, events_per_file)]
-            for n in (n_events[name] for name in CLASSES)]
+            for n in n_events.values()]
+
+
+def _layout(format: str, tree: str, events_per_file: int) -> dict[str, Any]:
+    """The manifest keys that decide which files a directory holds."""
+    return {"tree": tree, "events_per_file": events_per_file, "leaderboard": format == "official"}
+
+
+def _records(manifest: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether a manifest records every value wanted (older manifests: see ``_BEFORE``)."""
+    recorded = {**_BEFORE, **manifest}
+    return all(recorded.get(key) == value for key, value in wanted.items())
 
 
 def _read_root(prepared: PreparedData) -> dict[str, np.ndarray]:
-    """The events of a prepared directory as columns (``Label`` included), to write them anew."""
+    """The events of a prepared directory as columns (``Label`` included where the files are
+    labelled), to write them anew."""
     from ..dataset import READ_ERRORS
 
-    parts, labels = [], []
-    for name, label in zip(CLASSES, (1, 0), strict=True):
-        for path in prepared.files[name]:
+    parts = []
+    for name, paths in prepared.files.items():
+        for path in paths:
             try:
                 with uproot.open(path) as file:
-                    parts.append(file[prepared.tree].arrays(library="np"))
+                    part = file[prepared.tree].arrays(library="np")
             except (*READ_ERRORS, KeyError) as exc:
                 raise HepdaskError(
                     f"Cannot read {path} ({exc}) to re-split the real HiggsML data of "
                     f"{prepared.directory} into other files; nothing was changed. Restore the "
                     "file, or convert the CSV into another directory."
                 ) from exc
-            labels.append(np.full(len(next(iter(parts[-1].values()))), label, np.int8))
-    columns = {branch: np.concatenate([part[branch] for part in parts]) for branch in parts[0]}
-    columns["Label"] = np.concatenate(labels)
-    return columns
+            if name in CLASSES:  # the class is the file
+                part["Label"] = np.full(len(next(iter(part.values()))), name == "signal", np.int8)
+            parts.append(part)
+    if any(part.keys() != parts[0].keys() for part in parts):
+        raise HepdaskError(
+            f"The ROOT files of the real HiggsML data in {prepared.directory} do not all have the "
+            "same branches, so hepdask cannot re-split them; nothing was changed. Restore the "
+            "files, or convert the CSV into another directory."
+        )
+    return {branch: np.concatenate([part[branch] for part in parts]) for branch in parts[0]}
 
 
 def _keep_real(
-    previous: PreparedData, csv: str | os.PathLike[str] | None, layout: dict[str, Any]
+    previous: PreparedData, csv: str | os.PathLike[str] | None, tree: str, events_per_file: int
 ) -> PreparedData:
     """Real data stay: reused, re-split from their ROOT files into the requested layout, or
     converted again from their CSV where files are missing; never replaced or deleted."""
-    directory, manifest = previous.directory, previous.manifest
+    directory, manifest, found = previous.directory, previous.manifest, previous.format
+    layout = _layout(found, tree, events_per_file)
     origin = pathlib.Path(str(manifest.get("csv", "")))
     if csv is not None and not _same_file(csv, origin):
         raise HepdaskError(
-            f"The HiggsML data directory {directory} already holds the real challenge data "
-            f"({previous.source}, from {origin}), and hepdask never replaces real data. To convert "
+            f"The HiggsML data directory {directory} already holds real data ({NAMES[found]}, "
+            f"{previous.source} from {origin}), and hepdask never replaces real data. To convert "
             f"{csv}, choose another prepare.directory (or --directory); to use the data in "
             f"{directory}, leave prepare.csv (--csv) out."
         )
@@ -285,27 +345,46 @@ def _keep_real(
                 "ones: restore the missing files or the CSV, or move the remaining files away and "
                 "prepare the directory again."
             )
+        if (now := csv_format(origin)) != found:
+            raise HepdaskError(
+                f"The real HiggsML data in {directory} are incomplete ({_names(previous.absent)} "
+                f"do not exist), and {origin}, the CSV they were converted from, is now "
+                f"{NAMES[now]}, not {NAMES[found]}: hepdask will not mix the two. Restore the "
+                "missing files or the original CSV, or prepare the new CSV into another directory."
+            )
         _check_unlisted(directory, previous)
         logger.warning("Converting %s again: %s lack(s) in %s", origin, _names(previous.absent),
                        directory)
-        return _install(directory, read_csv(origin), dict(manifest), layout, previous)
-    if all(manifest.get(key) == value for key, value in layout.items()):
+        return _install(directory, read_csv(origin), dict(manifest, format=found), layout,
+                        previous)
+    if _records(manifest, layout):
         return previous
     _check_unlisted(directory, previous)
-    same_files = layout["tree"] == previous.tree and _sizes(
+    resplit = not _records(manifest, {"leaderboard": layout["leaderboard"]})
+    same_files = not resplit and layout["tree"] == previous.tree and _sizes(
         previous.n_events, manifest.get("events_per_file")
     ) == _sizes(previous.n_events, layout["events_per_file"])
     if same_files:  # e.g. 250000 or 125000 per file of a small CSV: the very same files
-        _write_manifest(directory, {**manifest, **layout})
+        _write_manifest(directory, {**manifest, **layout, "format": found})
         return PreparedData.load(directory)
-    logger.warning(
-        "Re-splitting the real HiggsML data (%s) in %s from %s to %s events per file (tree %r): "
-        "the same events in other files, so the train/validation/test split, which is keyed by "
-        "file name and entry, changes too.",
-        previous.source, directory, manifest.get("events_per_file"), layout["events_per_file"],
-        layout["tree"],
-    )
-    return _install(directory, _read_root(previous), dict(manifest), layout, previous)
+    if resplit:
+        logger.warning(
+            "Re-splitting the real HiggsML data (%s) in %s from their own files into the "
+            "challenge's sets: KaggleSet t in signal_*/background_*, b, v and u in public_*, "
+            "private_*, unused_* (with a Label branch); the training files then hold the t "
+            "events only, so the train/validation/test split changes too.",
+            previous.source, directory,
+        )
+    else:
+        logger.warning(
+            "Re-splitting the real HiggsML data (%s) in %s from %s to %s events per file (tree "
+            "%r): the same events in other files, so the train/validation/test split, which is "
+            "keyed by file name and entry, changes too.",
+            previous.source, directory, manifest.get("events_per_file"),
+            layout["events_per_file"], layout["tree"],
+        )
+    return _install(directory, _read_root(previous), dict(manifest, format=found), layout,
+                    previous)
 
 
 def _install(
@@ -325,20 +404,19 @@ def _install(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         files = write_root(columns, staging, tree=layout["tree"],
-                           events_per_file=layout["events_per_file"])
-        signal = columns["Label"] == 1
-        weight = columns["Weight"].astype(np.float64)
+                           events_per_file=layout["events_per_file"],
+                           leaderboard=layout["leaderboard"])
+        rows = _groups(f"prepare {directory}", columns, layout["leaderboard"])
         manifest.update(
             layout,
             branches=[name for name in columns if name != "Label"],
-            files={name: [p.name for p in files[name]] for name in CLASSES},
-            n_events={"signal": int(signal.sum()), "background": int((~signal).sum())},
-            weight_sums={
-                "signal": float(weight[signal].sum()),
-                "background": float(weight[~signal].sum()),
-            },
+            files={name: [p.name for p in paths] for name, paths in files.items()},
+            n_events={name: int(rows[name].sum()) for name in files},
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
+        if "Label" in columns:  # the training classes' totals
+            weight = columns["Weight"].astype(np.float64)
+            manifest["weight_sums"] = {name: float(weight[rows[name]].sum()) for name in CLASSES}
         manifest[_REPLACES] = sorted(previous.names) if previous is not None else []
         _write_manifest(staging, manifest)
     except BaseException as exc:
@@ -388,6 +466,27 @@ def _finish(directory: pathlib.Path) -> None:
         ) from exc
 
 
+def _check_test_csv(
+    directory: pathlib.Path, previous: PreparedData | None, csv: str | os.PathLike[str]
+) -> None:
+    """Kaggle's test.csv only into a directory of its own: its unlabelled events must neither
+    replace training data nor be mixed with them."""
+    waiting = _local_csv(directory, None)
+    if waiting is not None and not _same_file(waiting, csv):
+        training = f"{waiting.name}, to be converted"
+    elif previous is not None and previous.format != "kaggle-test":
+        training = f"{NAMES[previous.format]}, {previous.source}"
+    else:
+        return
+    elsewhere = directory.with_name(directory.name + "-test")
+    raise HepdaskError(
+        f"The HiggsML CSV {csv} is Kaggle's test.csv (no Label), but {directory} holds training "
+        f"data ({training}), which it would replace or be mixed with. Prepare the test.csv into "
+        "a directory of its own: give another prepare.directory (or --directory), e.g. "
+        f"{elsewhere}."
+    )
+
+
 def prepare(
     directory: str | os.PathLike[str],
     *,
@@ -400,37 +499,49 @@ def prepare(
 ) -> PreparedData:
     """Make sure HiggsML ROOT files are in ``directory``: convert, download or synthesize them.
 
+    A CSV may be the official file, Kaggle's training.csv or Kaggle's test.csv, told apart by its
+    header (:func:`~hepdask.higgsml.convert.csv_format`); the format is logged, with what it means
+    for the AMS, and recorded in the manifest (``"format"``). The official file's training set
+    (KaggleSet ``t``) goes into the signal and background series, its leaderboard sets into
+    their own (:func:`~hepdask.higgsml.convert.write_root` with ``leaderboard``); a test.csv,
+    into a directory of its own, is the ``test`` series.
+
     Real data (converted from a CSV or a download) are never replaced or deleted: they are
     reused as they are; re-split from their own ROOT files when another tree or number of events
-    per file is asked for; converted again from their CSV when files are missing; and a
-    different ``csv`` is refused. A synthetic sample is reused when it has the seed, size and
-    layout asked for and no real CSV is available; otherwise the first available source wins:
-    ``csv``, or the official file in ``directory`` (``.csv.gz`` or ``.csv``); a download from CERN
-    Open Data if ``download``; ``synthetic_events`` synthetic events, announced by a warning
-    banner on the ``hepdask`` logger.
+    per file is asked for, or when they were prepared before the leaderboard series existed;
+    converted again from their CSV when files are missing; and a different ``csv`` is refused. A
+    synthetic sample is reused when it has the seed, size and layout asked for and no real CSV is
+    available; otherwise the first available source wins: ``csv``, or the official file (``.csv.gz``
+    or ``.csv``) or Kaggle's training.csv[.gz] in ``directory``; a download from CERN Open Data if
+    ``download``; ``synthetic_events`` synthetic events, announced by a warning banner on the
+    ``hepdask`` logger.
 
-    Files of the series (``signal_*.root``, ``background_*.root``) that no readable manifest
+    Files of the series (``signal_*.root``, ``public_*.root``, ...) that no readable manifest
     lists are never overwritten: ``prepare`` refuses instead. A new series is written aside and
     moved into place once complete, so an interruption or a full disk loses nothing.
 
     Returns
     -------
     PreparedData
-        The files, event counts and manifest; ``source`` says whether the data are real.
+        The files, event counts and manifest; ``source`` says whether the data are real,
+        ``format`` which file they came from.
     """
     directory = pathlib.Path(directory)
     _check_events_per_file(f"prepare {directory}", events_per_file)
     if csv is not None and not pathlib.Path(csv).is_file():
-        raise _no_csv(f"The HiggsML CSV {csv}")
+        raise _no_csv(f"The HiggsML CSV {csv}", pathlib.Path(csv))
+    given = csv_format(csv) if csv is not None else None  # a wrong file touches nothing
     _finish(directory)
     previous = _previous(directory)
-    layout = {"tree": tree, "events_per_file": events_per_file}
+    if given == "kaggle-test":
+        _check_test_csv(directory, previous, csv)
     if previous is not None and previous.source != "synthetic":
-        return _keep_real(previous, csv, layout)
+        return _keep_real(previous, csv, tree, events_per_file)
     local = _local_csv(directory, csv)
-    request = {**layout, "seed": seed, "synthetic_events": synthetic_events}
+    request = {**_layout("synthetic", tree, events_per_file), "seed": seed,
+               "synthetic_events": synthetic_events}
     if (previous is not None and local is None and not previous.absent
-            and all(previous.manifest.get(key) == value for key, value in request.items())):
+            and _records(previous.manifest, request)):
         announce_synthetic(previous, "reusing")
         return previous
     _check_unlisted(directory, previous)
@@ -448,10 +559,17 @@ def prepare(
     if local is None and download and (fetched := _download(directory)) is not None:
         local, manifest["url"] = fetched, CSV_URL
     if local is not None:
+        found = given or csv_format(local)
+        if found == "kaggle-test":
+            _check_test_csv(directory, previous, local)
+        logger.info("%s is %s: %s.", local, NAMES[found], _MEANING[found])
         columns = read_csv(local)
-        manifest.update(source="download" if "url" in manifest else "csv", csv=str(local.resolve()))
+        manifest.update(source="download" if "url" in manifest else "csv", format=found,
+                        csv=str(local.resolve()))
     else:
+        found = "synthetic"
         columns = synthesize(synthetic_events, seed=seed)
-        manifest.update(source="synthetic", seed=seed, synthetic_events=synthetic_events)
+        manifest.update(source="synthetic", format=found, seed=seed,
+                        synthetic_events=synthetic_events)
         logger.warning(_banner(directory, synthetic_events, seed, "generated"))
-    return _install(directory, columns, manifest, layout, previous)
+    return _install(directory, columns, manifest, _layout(found, tree, events_per_file), previous)

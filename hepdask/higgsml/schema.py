@@ -3,8 +3,8 @@ official file is published."""
 
 from __future__ import annotations
 
-__all__ = ["BACKGROUND_TOTAL", "COLUMNS", "CSV_NAME", "CSV_URL", "FEATURES", "KAGGLE_SETS",
-           "SIGNAL_TOTAL", "UNDEFINED"]
+__all__ = ["ANCHORS", "BACKGROUND_TOTAL", "COLUMNS", "CSV_FORMATS", "CSV_NAME", "CSV_URL",
+           "FEATURES", "FORMATS", "KAGGLE_SETS", "SIGNAL_TOTAL", "UNDEFINED"]
 
 FEATURES: tuple[str, ...] = (
     "DER_mass_MMC",
@@ -42,6 +42,25 @@ FEATURES: tuple[str, ...] = (
 
 COLUMNS: tuple[str, ...] = ("EventId", *FEATURES, "Weight", "Label", "KaggleSet", "KaggleWeight")
 """All 35 columns of the official CSV, in order."""
+
+FORMATS: dict[str, tuple[str, ...]] = {
+    "official": COLUMNS,
+    "kaggle-training": ("EventId", *FEATURES, "Weight", "Label"),
+    "kaggle-test": ("EventId", *FEATURES),
+    "synthetic": COLUMNS,
+}
+"""The columns of each form of the data, in order: the CERN Open Data file
+(atlas-higgs-challenge-2014-v2), Kaggle's training.csv and test.csv, and hepdask's generator
+(the official schema)."""
+CSV_FORMATS = ("official", "kaggle-training", "kaggle-test")
+"""The formats a HiggsML CSV can have (the keys of :data:`FORMATS` that are files one downloads)."""
+
+ANCHORS: dict[str, float] = {
+    "winner": 3.80581,
+    "best single XGBoost": 3.72370,
+    "TMVA BDT baseline": 3.19956,
+}
+"""Published private-leaderboard AMS values of the challenge, to put a run's private AMS beside."""
 
 SIGNAL_TOTAL = 691.9886
 """Sum of the signal weights of the challenge training set (and of each leaderboard set)."""
