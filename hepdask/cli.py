@@ -1,7 +1,7 @@
 """``python -m hepdask``: train, score, export and serve models, alone or as a service.
 
 run, specs, predict, export, serve, service and its clients (submit, jobs, logs, fetch, upload,
-cancel, resume), data, convert-mlaas4hep: a thin layer over :class:`hepdask.Pipeline`, :func:`hepdask.predict.predict` and :mod:`hepdask.serve`."""
+cancel, resume), data, higgsml submission, convert-mlaas4hep: a thin layer over :class:`hepdask.Pipeline`, :func:`hepdask.predict.predict` and :mod:`hepdask.serve`."""
 
 from __future__ import annotations
 
@@ -276,6 +276,33 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--events-per-file", type=int, default=250_000)
     data.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     data.set_defaults(func=_data)
+
+    higgsml = sub.add_parser("higgsml", help="the HiggsML challenge: a Kaggle submission",
+                             description="The 2014 ATLAS HiggsML challenge's own files.")
+    action = higgsml.add_subparsers(required=True, metavar="ACTION")
+    submission = action.add_parser(
+        "submission", help="write and check the Kaggle submission of a trained model",
+        description="Score every event of TEST_CSV (Kaggle's test.csv, or any HiggsML CSV) with "
+                    "the model of RUN_DIR and write OUT: EventId,RankOrder,Class, RankOrder 1..N "
+                    "(N the most signal-like), Class s for score >= the run's threshold (chosen "
+                    "on its validation split), checked as Kaggle did.")
+    submission.add_argument("run_dir", metavar="RUN_DIR", help="a finished run, e.g. runs/higgs")
+    submission.add_argument("test_csv", metavar="TEST_CSV", help="e.g. test.csv")
+    submission.add_argument("-o", "--output", required=True, metavar="OUT",
+                            help="the submission file, e.g. submission.csv")
+    submission.add_argument("--threshold", type=float, metavar="T",
+                            help="Class s for score >= T (default: the run's, from metrics.json)")
+    submission.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    submission.set_defaults(func=_higgsml_submission)
+    check = action.add_parser(
+        "check", help="check a submission file as Kaggle did",
+        description="Check SUBMISSION as Kaggle did: the header EventId,RankOrder,Class, "
+                    "RankOrder a permutation of 1..N, Class s or b, and with --test one row per "
+                    "event of TEST_CSV.")
+    check.add_argument("submission", metavar="SUBMISSION", help="e.g. submission.csv")
+    check.add_argument("--test", metavar="TEST_CSV", help="the test CSV it is for")
+    check.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    check.set_defaults(func=_higgsml_check)
     return parser
 
 
@@ -613,4 +640,26 @@ def _data(args) -> int:
           f"(format {prepared.format}, source {prepared.source})")
     for series, paths in prepared.files.items():
         print(f"  {series:<10} {prepared.n_events[series]:>9,} events in {len(paths)} file(s)")
+    return 0
+
+
+def _higgsml_submission(args) -> int:
+    from .higgsml.submission import write_submission
+
+    done = write_submission(args.run_dir, args.test_csv, args.output, threshold=args.threshold)
+    print(f"Wrote {done['path']}: {done['N']:,} events, {done['n_signal']:,} of them s "
+          f"({done['n_signal'] / done['N']:.1%}) at score >= {done['threshold']:.6g} (from "
+          f"{done['threshold_from']}); checked: a valid Kaggle submission.")
+    return 0
+
+
+def _higgsml_check(args) -> int:
+    from .higgsml import read_csv
+    from .higgsml.submission import check_submission
+
+    ids = read_csv(args.test)["EventId"] if args.test else None
+    done = check_submission(args.submission, event_ids=ids)
+    print(f"{done['path']}: a valid Kaggle submission, {done['N']:,} events, "
+          f"{done['n_signal']:,} of them s" + (f", every event of {args.test}" if args.test
+                                                else ""))
     return 0

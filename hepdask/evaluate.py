@@ -389,6 +389,10 @@ def summary(metrics: Mapping, run_dir: str | Path) -> str:
             lines.append(f"Note: {a['note']}")
     else:
         lines.append(metrics.get("warning", ""))
+    if "higgsml" in metrics:
+        from .higgsml.challenge import summary_lines
+
+        lines += summary_lines(metrics["higgsml"])
     if metrics.get("best_iteration") is not None:
         lines.append(f"Best iteration: {metrics['best_iteration']}")
     timings = metrics.get("timings_s", {})

@@ -73,6 +73,7 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self.data_source: dict | None = None  # the files read and their source (metrics.json)
         self.prepared = None  # the PreparedData of [prepare], once done
+        self._higgsml = None  # the PreparedData every file read comes from, if one: its leaderboard
         self._prepare_checked = False
         self.specs_reused: bool | None = None
         self._dataset: Dataset | None = None
@@ -137,6 +138,8 @@ class Pipeline:
 
         found = higgsml.find_prepared(f.path for s in dataset.samples for f in s.files)
         directories = {p.directory.resolve(): p for p in found.values()}
+        self._higgsml = next(iter(directories.values())) if len(directories) == 1 and len(
+            found) == sum(len(s.files) for s in dataset.samples) else None
         remote = any("://" in f.path for s in dataset.samples for f in s.files)
         if self.prepared is not None:
             if self.prepared.directory.resolve() in directories:
@@ -361,6 +364,24 @@ class Pipeline:
             "seeds": self._seeds(model),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         })
+        if self._higgsml is not None and "ams" in metrics:  # HiggsML: the challenge's scoring
+            from .bundle import Bundle
+            from .higgsml.challenge import LEADERBOARD, leaderboard_block
+            from .predict import score_files
+
+            prepared, sets = self._higgsml, {}
+            series = [name for name in LEADERBOARD if prepared.files.get(name)]
+            if series:
+                bundle = Bundle.load(self.staging_dir)
+                with self._phase("higgsml", client):
+                    sets = {name: score_files(bundle, [str(p) for p in prepared.files[name]],
+                                              client=client, tree=prepared.tree,
+                                              passthrough=["KaggleWeight", "Label"],
+                                              data=self.config.data) for name in series}
+                metrics["timings_s"]["higgsml"] = round(self.timings["higgsml"], 3)
+            metrics["higgsml"] = leaderboard_block(format=prepared.format, source=prepared.source,
+                                                   ams=metrics["ams"], sets=sets,
+                                                   b_reg=self.config.evaluate.ams_breg)
         write_json(self.staging_dir / "metrics.json", metrics)
         return metrics
 

@@ -8,7 +8,8 @@ every event gets a score), and any passthrough branches copied from the input.
 
 The workers read and score the partitions (entry ranges); this process writes them in order,
 a few partitions ahead of the writing at most, so nothing is ever held whole. Each output
-appears complete or not at all.
+appears complete or not at all. :func:`score_files` returns the same columns as arrays instead,
+for files whose scores fit in memory (the HiggsML leaderboard sets).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .outputs import atomic_path
 from .progress import iterate
 from .stream import in_order
 
-__all__ = ["FORMATS", "Predicted", "predict"]
+__all__ = ["FORMATS", "Predicted", "predict", "score_files"]
 
 log = logging.getLogger("hepdask")
 
@@ -89,28 +90,17 @@ def predict(bundle: Bundle, files: Sequence[str], output: str | Path, *, client,
                            f"{', '.join(FORMATS)}.")
     data = data or DataConfig()
     tree = tree or bundle.tree
-    step_size = step_size or bundle.step_size
     names = _output_columns(bundle, branch, passthrough)
     inputs = _plan(bundle, files, Path(output), tree=tree, passthrough=passthrough, data=data,
                    suffix=".root" if format == "root" else ".parquet")
-    columns = list(dict.fromkeys([*bundle.inputs, *passthrough]))
-    partitions = [Partition("input", item.input, start, min(start + step_size, item.entries))
-                  for item in inputs for start in range(0, item.entries, step_size)]
-    tasks = []
-    if partitions:
-        shared = client.scatter(bundle, broadcast=True, hash=False)
-        raws = read_lazily(partitions, tree, columns, data).to_delayed()
-        tasks = [dask.delayed(_score_partition, pure=True)(shared, raw, part, tree, columns, data,
-                                                            branch, tuple(passthrough))
-                 for raw, part in zip(raws, partitions, strict=True)]
-    if window is None:
-        window = 2 * max(1, sum(client.nthreads().values()))
-    results = iterate(in_order(client, tasks, window=window), len(tasks), unit="partitions")
+    results = _scored(bundle, [(item.input, item.entries) for item in inputs], client=client,
+                      tree=tree, branch=branch, passthrough=passthrough, data=data,
+                      step_size=step_size, window=window)
     for item in inputs:
         output = _root_output if format == "root" else _parquet_output
         with output(item.output, friend_tree or bundle.name) as write:
             if item.entries == 0:  # no partition: the (empty) columns, with their types
-                write(_empty(bundle, item, tree, columns, data, branch, passthrough))
+                write(_empty(bundle, item.input, tree, data, branch, passthrough))
             written = 0
             while written < item.entries:
                 chunk = next(results)
@@ -120,6 +110,55 @@ def predict(bundle: Bundle, files: Sequence[str], output: str | Path, *, client,
     for _ in results:  # none is left; this ends the count on the progress bar
         raise AssertionError("a partition was not written")
     return inputs
+
+
+def score_files(bundle: Bundle, files: Sequence[str], *, client, tree: str | None = None,
+                passthrough: Sequence[str] = (), step_size: int | None = None,
+                data: DataConfig | None = None, window: int | None = None
+                ) -> dict[str, np.ndarray]:
+    """The columns :func:`predict` writes (``score``, ``selected``, the ``passthrough``
+    branches) for every event of ``files``, in order, as arrays in this process.
+
+    The workers score exactly as for :func:`predict` (the same partitions and tasks); only the
+    writing differs. For files whose scores fit in memory: a leaderboard set, a test sample.
+    """
+    data = data or DataConfig()
+    tree = tree or bundle.tree
+    _output_columns(bundle, "score", passthrough)
+    inputs = _open_inputs(bundle, files, tree=tree, passthrough=passthrough, data=data)
+    chunks = list(_scored(bundle, inputs, client=client, tree=tree, branch="score",
+                          passthrough=passthrough, data=data, step_size=step_size,
+                          window=window))
+    if not chunks:  # no events at all: the (empty) columns, with their types
+        chunks = [_empty(bundle, inputs[0][0], tree, data, "score", passthrough)]
+    return {name: np.concatenate([c[name] for c in chunks])
+            if all(isinstance(c[name], np.ndarray) for c in chunks)
+            else ak.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+def _scored(bundle: Bundle, inputs: Sequence[tuple[str, int]], *, client, tree: str, branch: str,
+            passthrough: Sequence[str], data: DataConfig, step_size: int | None,
+            window: int | None) -> Iterator[dict]:
+    """The output columns of every partition of ``inputs`` ((path, entries) pairs), in order,
+    computed on the workers ``window`` partitions ahead (two per worker thread by default)."""
+    step_size = step_size or bundle.step_size
+    columns = _columns_read(bundle, passthrough)
+    partitions = [Partition("input", path, start, min(start + step_size, entries))
+                  for path, entries in inputs for start in range(0, entries, step_size)]
+    tasks = []
+    if partitions:
+        shared = client.scatter(bundle, broadcast=True, hash=False)
+        raws = read_lazily(partitions, tree, columns, data).to_delayed()
+        tasks = [dask.delayed(_score_partition, pure=True)(shared, raw, part, tree, columns, data,
+                                                            branch, tuple(passthrough))
+                 for raw, part in zip(raws, partitions, strict=True)]
+    if window is None:
+        window = 2 * max(1, sum(client.nthreads().values()))
+    return iterate(in_order(client, tasks, window=window), len(tasks), unit="partitions")
+
+
+def _columns_read(bundle: Bundle, passthrough: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys([*bundle.inputs, *passthrough]))
 
 
 def _output_columns(bundle: Bundle, branch: str, passthrough: Sequence[str]) -> list[str]:
@@ -136,19 +175,31 @@ def _output_columns(bundle: Bundle, branch: str, passthrough: Sequence[str]) -> 
 
 def _plan(bundle: Bundle, files: Sequence[str], output: Path, *, tree: str,
           passthrough: Sequence[str], data: DataConfig, suffix: str) -> list[Predicted]:
-    """Every input checked (readable, has the tree and the branches) and its output path,
-    before any work is done."""
-    paths = list(dict.fromkeys(expand_files(files, where="the input files",
-                                            redirector=data.redirector)))
-    if not paths:
-        raise HepdaskError("No input file given: name the ROOT files to score.")
-    inputs = []
-    for path, out in zip(paths, _output_paths(paths, output, suffix), strict=True):
+    """Every input checked (see :func:`_open_inputs`) and its output path, before any work is
+    done."""
+    inputs = _open_inputs(bundle, files, tree=tree, passthrough=passthrough, data=data)
+    paths = [path for path, _ in inputs]
+    planned = []
+    for (path, entries), out in zip(inputs, _output_paths(paths, output, suffix), strict=True):
         if not is_url(path) and out.resolve() == Path(path).resolve():
             raise HepdaskError(
                 f"The output for {path} would be the file itself: give another --output "
                 "directory than the inputs'."
             )
+        planned.append(Predicted(path, out, entries))
+    return planned
+
+
+def _open_inputs(bundle: Bundle, files: Sequence[str], *, tree: str, passthrough: Sequence[str],
+                 data: DataConfig) -> list[tuple[str, int]]:
+    """(path, entries) of every input, each checked readable, with the tree, the model's
+    input branches and the passthrough branches."""
+    paths = list(dict.fromkeys(expand_files(files, where="the input files",
+                                            redirector=data.redirector)))
+    if not paths:
+        raise HepdaskError("No input file given: name the ROOT files to score.")
+    inputs = []
+    for path in paths:
         with open_tree(path, tree, timeout=data.timeout, context="an input file",
                        remedy="leave it out of the inputs",
                        tree_key="--tree (predict's option)") as ttree:
@@ -160,7 +211,7 @@ def _plan(bundle: Bundle, files: Sequence[str], output: Path, *, tree: str,
                         f"The passthrough branch {name!r} is not in {path}. Name branches of "
                         "the input tree, or leave --passthrough out."
                     )
-            inputs.append(Predicted(path, out, ttree.num_entries))
+            inputs.append((path, ttree.num_entries))
     return inputs
 
 
@@ -199,10 +250,10 @@ def _columns(bundle: Bundle, events: ak.Array, branch: str,
     return out
 
 
-def _empty(bundle: Bundle, item: Predicted, tree: str, columns: list[str], data: DataConfig,
-           branch: str, passthrough: Sequence[str]) -> dict:
-    with uproot.open(item.input, timeout=data.timeout) as file:
-        events = file[tree].arrays(filter_name=columns, entry_stop=0)
+def _empty(bundle: Bundle, path: str, tree: str, data: DataConfig, branch: str,
+           passthrough: Sequence[str]) -> dict:
+    with uproot.open(path, timeout=data.timeout) as file:
+        events = file[tree].arrays(filter_name=_columns_read(bundle, passthrough), entry_stop=0)
     return _columns(bundle, events, branch, passthrough)
 
 

@@ -12,11 +12,15 @@ The challenge file (CERN Open Data record 328) is a CSV, while hepdask trains on
   synthesizing, and records what it did in ``MANIFEST.json``, so that later runs reuse the files
   and a synthetic sample is never mistaken for the real data (:func:`find_prepared` tells, for the
   files a run reads, which manifest lists them). Real data are never replaced or deleted, and
-  files that no manifest lists are never overwritten.
+  files that no manifest lists are never overwritten;
+- :mod:`~hepdask.higgsml.challenge`: the challenge's own scoring, the AMS of the public and
+  private leaderboard sets at a run's threshold (``metrics["higgsml"]``);
+- :mod:`~hepdask.higgsml.submission`: the Kaggle submission of a trained model, and its check.
 """
 
 from __future__ import annotations
 
+from . import challenge, submission
 from .convert import csv_format, read_csv, write_csv, write_root
 from .preparation import MANIFEST_NAME, PreparedData, announce_synthetic, find_prepared, prepare
 from .schema import (
@@ -43,10 +47,12 @@ __all__ = [
     "SIGNAL_TOTAL",
     "PreparedData",
     "announce_synthetic",
+    "challenge",
     "csv_format",
     "find_prepared",
     "prepare",
     "read_csv",
+    "submission",
     "synthesize",
     "write_csv",
     "write_root",
