@@ -519,7 +519,7 @@ class ClusterConfig:
 class EvaluateConfig:
     ams_breg: float = 10.0
     top_fraction: float = 0.15  # AMS at the threshold keeping this fraction of events
-    bins: int = 50
+    bins: int | str = "auto"  # histogram bins; "auto": from the number of events (Rice rule)
     metrics: tuple[str, ...] = ()  # more test metrics: accuracy, precision, recall, f1, logloss
 
     def __post_init__(self) -> None:
@@ -527,7 +527,10 @@ class EvaluateConfig:
             _check_choice("evaluate.metrics", metric, EXTRA_METRICS)
         check_range("evaluate.ams_breg", self.ams_breg, low=0)
         check_range("evaluate.top_fraction", self.top_fraction, low=0, high=1, low_open=True)
-        check_range("evaluate.bins", self.bins, low=1)
+        if isinstance(self.bins, str):
+            _check_choice("evaluate.bins", self.bins, ("auto",))
+        else:
+            check_range("evaluate.bins", self.bins, low=1)
 
 
 def check_function_spec(key: str, spec: str | None, returns: str) -> None:

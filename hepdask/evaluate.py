@@ -1,4 +1,5 @@
-"""Test-split metrics and plots: ROC AUC, the HiggsML AMS, score and ROC curves, importances.
+"""Test-split metrics: ROC AUC, the HiggsML AMS with thresholds chosen on validation, the
+multi-class figures and the run summary (the plots are :mod:`hepdask.plots`').
 
 Everything here works on NumPy arrays of the validation and test splits (scores,
 labels, weights: a few bytes per event), whichever engine produced the scores.
@@ -21,12 +22,10 @@ from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
-from sklearn.metrics import roc_auc_score, roc_curve
-
-from .outputs import atomic_path
+from sklearn.metrics import roc_auc_score
 
 __all__ = ["ams", "ams_at", "ams_curve", "ams_scan", "ams_thresholds", "evaluate_scores",
-           "learned_nothing", "plot_all", "summary"]
+           "learned_nothing", "summary"]
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # (scores, labels, weights) of one split
 
@@ -235,126 +234,6 @@ def extra_metrics(names: Sequence[str], scores: np.ndarray, y: np.ndarray,
             p = scores / scores.sum(axis=1, keepdims=True) if scores.ndim == 2 else scores
             out[name] = skm.log_loss(y, p, sample_weight=w, labels=labels)
     return {k: float(v) for k, v in out.items()}
-
-
-def plot_all(directory: str | Path, scores: np.ndarray, y: np.ndarray, w: np.ndarray,
-             metrics: Mapping, importance: Mapping[str, float] | None = None,
-             history: Mapping | None = None, *, class_totals: Mapping[int, float] | None = None,
-             bins: int = 50, validation: Split | None = None) -> list[Path]:
-    """Write scores.png, roc.png, ams.png, and importance.png / history.png when given.
-
-    ams.png shows the AMS of the test split (and of ``validation``) against the fraction of
-    events selected, with the thresholds that ``metrics["ams"]`` chose.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    directory = Path(directory)
-    written = []
-
-    def save(fig, name):
-        path = directory / name
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-
-    y = np.asarray(y).astype(int)
-    if np.ndim(scores) == 2:
-        _plot_multiclass(save, plt, scores, y, w, metrics, bins)
-    else:
-        _plot_binary(save, plt, scores, y, w, metrics, class_totals, bins, validation)
-
-    if importance:
-        top = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:20][::-1]
-        fig, ax = plt.subplots(figsize=(6, 0.3 * len(top) + 1))
-        ax.barh([k for k, _ in top], [v for _, v in top])
-        ax.set(xlabel="total gain", title="Feature importance")
-        save(fig, "importance.png")
-
-    if history:
-        metrics_seen = sorted({m for h in history.values() for m in h})
-        fig, axes = plt.subplots(1, len(metrics_seen), figsize=(5 * len(metrics_seen), 3.5),
-                                 squeeze=False)
-        for ax, metric in zip(axes[0], metrics_seen, strict=True):
-            for split, values in history.items():
-                if metric in values:
-                    ax.plot(values[metric], label=split)
-            ax.set(xlabel="iteration", ylabel=metric)
-            ax.legend()
-        save(fig, "history.png")
-    return written
-
-
-def _plot_binary(save, plt, scores, y, w, metrics, class_totals, bins, validation) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    edges = np.linspace(np.min(scores), np.max(scores), bins + 1)
-    for label, name in ((0, "background"), (1, "signal")):
-        sel = y == label
-        ax.hist(scores[sel], bins=edges, weights=w[sel], density=True, histtype="step", lw=1.5,
-                label=f"{name} (weighted)")
-    ax.set(xlabel="classifier score", ylabel="density", yscale="log", title="Test scores")
-    ax.legend()
-    save(fig, "scores.png")
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for weights, tag in ((None, "unweighted"), (w, "weighted")):
-        fpr, tpr, _ = roc_curve(y, scores, sample_weight=weights)
-        key = "auc" if weights is None else "auc_weighted"
-        ax.plot(fpr, tpr, label=f"{tag}, AUC = {metrics.get(key, float('nan')):.4f}")
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    ax.set(xlabel="background efficiency", ylabel="signal efficiency", title="ROC (test)")
-    ax.legend(loc="lower right")
-    save(fig, "roc.png")
-
-    if "ams" in metrics and class_totals is not None:
-        a = metrics["ams"]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        curves = [("test", (scores, y, w), "C0", "-")]
-        if a["threshold_split"] == "validation" and validation is not None:
-            curves.append(("validation", validation, "grey", "-."))
-        for name, split, colour, style in curves:
-            _, selected, curve = ams_curve(*_arrays(*split), class_totals, a["b_reg"])
-            ax.plot(selected / len(split[1]), curve, c=colour, ls=style, lw=1.2, label=name)
-        top = f"top {a['top_fraction']['fraction']:.0%}"
-        for key, style, colour, label in (("best", "--", "C1", "best"),
-                                          ("top_fraction", ":", "C2", top)):
-            point = a[key]
-            ax.axvline(point["selected_fraction"], ls=style, c=colour,
-                       label=f"{label} on {a['threshold_split']}: score >= "
-                             f"{point['threshold']:.3g}, test AMS = {point['value']:.3f}")
-        ax.set(xlabel="fraction of events selected", ylabel="AMS", xlim=(0, 0.6),
-               title=f"AMS (b_reg = {a['b_reg']:g}), thresholds from the {a['threshold_split']}"
-                     " split")
-        ax.legend(fontsize="small")
-        save(fig, "ams.png")
-
-
-def _plot_multiclass(save, plt, scores, y, w, metrics, bins) -> None:
-    n_classes = scores.shape[1]
-    fig, axes = plt.subplots(1, n_classes, figsize=(4 * n_classes, 3.5), squeeze=False)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    for k, ax in enumerate(axes[0]):
-        for label in range(n_classes):
-            sel = y == label
-            ax.hist(scores[sel, k], bins=edges, weights=w[sel], density=True, histtype="step",
-                    lw=1.5, label=f"class {label}")
-        ax.set(xlabel=f"P(class {k})", ylabel="density", yscale="log")
-        ax.legend()
-    fig.suptitle("Test scores by true class (weighted)")
-    save(fig, "scores.png")
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for k in range(n_classes):
-        fpr, tpr, _ = roc_curve(y == k, scores[:, k])
-        auc = metrics.get("auc_per_class", [float("nan")] * n_classes)[k]
-        ax.plot(fpr, tpr, label=f"class {k} vs rest, AUC = {auc:.4f}")
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
-    ax.legend(loc="lower right")
-    save(fig, "roc.png")
 
 
 def summary(metrics: Mapping, run_dir: str | Path) -> str:

@@ -36,8 +36,8 @@ from .preprocess import Events
 from .progress import persist
 from .specs import BranchSpec, Specs
 
-__all__ = ["Column", "Features", "Layout", "SplitArrays", "build_features", "make_layout",
-           "normalize", "partition_matrix", "placed", "resolve_pad"]
+__all__ = ["Column", "Features", "Layout", "SplitArrays", "build_features", "denormalize",
+           "make_layout", "normalize", "partition_matrix", "placed", "resolve_pad"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -211,6 +211,16 @@ def normalize(matrix: np.ndarray, layout: Layout) -> np.ndarray:
     return matrix
 
 
+def denormalize(matrix: np.ndarray, layout: Layout) -> np.ndarray:
+    """The inverse of :func:`normalize`, in place (and returned): values back in the branches'
+    own units (GeV, radians, counts), for plots a physicist reads. Missing values stay NaN."""
+    for column, block in zip(layout.columns, _blocks(matrix, layout), strict=True):
+        if column.kind != "mask" and (column.shift or column.scale != 1.0):
+            block /= np.float32(column.scale)
+            block += np.float32(column.shift)
+    return matrix
+
+
 def _blocks(matrix: np.ndarray, layout: Layout) -> list[np.ndarray]:
     """The views of ``matrix`` that hold each of the layout's columns."""
     edges = np.cumsum([0, *(column.width for column in layout.columns)])
@@ -270,6 +280,17 @@ class SplitArrays:
 
     def __len__(self) -> int:
         return self.matrix.shape[0]
+
+    def sample(self, limit: int) -> da.Array:
+        """At most about ``limit`` rows ``[X | y | w]``, the same fraction of each block (the
+        blocks of a sample are contiguous: the first rows alone could be of one class). Lazy:
+        computing it computes the blocks, but moves only the rows kept."""
+        fraction = min(1.0, limit / len(self)) if len(self) else 1.0
+        if fraction >= 1.0:
+            return self.matrix
+        sizes = self.matrix.chunks[0]
+        return da.concatenate([self.matrix.blocks[i][: math.ceil(size * fraction)]
+                               for i, size in enumerate(sizes) if size], axis=0)
 
 
 @dataclass

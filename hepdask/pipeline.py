@@ -28,20 +28,25 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from . import evaluate as ev
+from . import plots
 from .bundle import write_bundle
 from .config import Config, load_config
 from .dataset import Dataset, open_dataset
 from .errors import HepdaskError
-from .features import Features, build_features, make_layout
+from .features import Features, build_features, denormalize, make_layout
 from .outputs import commit, open_staging, staging_path, write_json, write_text, writing
-from .progress import Progress
+from .progress import Progress, compute
+from .report import write_report
 from .specs import Specs, cached_specs, compute_specs
 from .train import train_xgboost
 
 __all__ = ["Pipeline"]
 
 NETWORKS = ("keras", "torch")  # the engines with checkpoints and --resume
+PLOTTED_EVENTS = 100_000  # test events whose features are plotted (features.png, correlation.png)
 
 log = logging.getLogger("hepdask")
 
@@ -344,8 +349,16 @@ class Pipeline:
             metrics = ev.evaluate_scores(scores, y, w, class_totals=totals, b_reg=cfg.ams_breg,
                                          top_fraction=cfg.top_fraction, extra=cfg.metrics,
                                          validation=validation)
-            ev.plot_all(self.staging_dir, scores, y, w, metrics, model.importance(), model.history,
-                        class_totals=totals, bins=cfg.bins, validation=validation)
+            train = self.scores("train", client=client)
+            inputs = self._feature_sample(client)
+        with self._timed("plots"):
+            plots.plot_all(
+                self.staging_dir, test=(scores, y, w), validation=validation, train=train,
+                metrics=metrics, class_totals=totals, importance=model.importance(),
+                history=model.history, engine=self.config.train.engine,
+                best_iteration=model.best_iteration, inputs=inputs, bins=cfg.bins,
+                run=self.config.name, synthetic=self.data_source.get("source") == "synthetic",
+                class_names=self._class_names())
         metrics.update({
             "engine": self.config.train.engine,
             "device": self.device(client),
@@ -382,8 +395,25 @@ class Pipeline:
             metrics["higgsml"] = leaderboard_block(format=prepared.format, source=prepared.source,
                                                    ams=metrics["ams"], sets=sets,
                                                    b_reg=self.config.evaluate.ams_breg)
+        write_report(self.staging_dir, metrics, name=self.config.name,
+                     config_text=self.config_text, specs=self.specs())
         write_json(self.staging_dir / "metrics.json", metrics)
         return metrics
+
+    def _feature_sample(self, client) -> plots.FeatureSample:
+        """At most :data:`PLOTTED_EVENTS` test events' features, in physical units, for the
+        input plots (only those rows leave the workers)."""
+        features = self.features(client=client)
+        (sample,) = compute(client, features.test.sample(PLOTTED_EVENTS))
+        sample = np.asarray(sample)
+        X = denormalize(np.array(sample[:, :-2]), features.layout)
+        return plots.FeatureSample(X, sample[:, -2].astype(np.int64), sample[:, -1],
+                                   features.names)
+
+    def _class_names(self) -> dict[int, str]:
+        """Each class's name for the plots: its samples' names."""
+        return {label: " + ".join(s.name for s in self.config.samples if s.label == label)
+                for label in sorted(self.specs().classes)}
 
     def run(self, *, client=None, resume: bool = False, reuse_specs: bool = True,
             report: bool = False) -> dict:

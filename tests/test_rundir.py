@@ -19,8 +19,7 @@ import pytest
 from conftest import toy_config
 from test_pipeline import HIGGS, REPO, hepdask
 
-from hepdask import HepdaskError, Pipeline, load_config
-from hepdask import evaluate as ev
+from hepdask import HepdaskError, Pipeline, load_config, plots
 from hepdask.bundle import Bundle
 
 FIRST = ["train.xgboost.num_boost_round=15"]
@@ -66,7 +65,7 @@ def test_interrupted_evaluation_leaves_the_previous_run_unchanged(previous, tmp_
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ev, "plot_all", interrupted)
+    monkeypatch.setattr(plots, "plot_all", interrupted)
     pipe = pipeline(tmp_path, toy_data, client, SECOND)
     with pytest.raises(KeyboardInterrupt):
         pipe.run()
@@ -85,7 +84,7 @@ def test_a_late_error_leaves_the_previous_run_unchanged(previous, tmp_path, toy_
     def broken(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr(ev, "plot_all", broken)
+    monkeypatch.setattr(plots, "plot_all", broken)
     with pytest.raises(RuntimeError):
         pipeline(tmp_path, toy_data, client, SECOND).run()
     assert digest(run_dir) == before
