@@ -17,10 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import CLUSTER_KINDS
+from .config import CLUSTER_KINDS, EXPORT_FORMATS, PREDICT_FORMATS
 from .errors import HepdaskError
-from .export import FORMATS as EXPORT_FORMATS
-from .predict import FORMATS
 from .service.client import DEFAULT_URL
 
 __all__ = ["main"]
@@ -112,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="ROOT files, globs, .txt lists or root:// / http(s):// URLs")
     predict.add_argument("-o", "--output", required=True, metavar="DIR",
                          help="where to write the outputs (named like the inputs)")
-    predict.add_argument("--format", choices=FORMATS, default="root",
+    predict.add_argument("--format", choices=PREDICT_FORMATS, default="root",
                          help="root (a friend tree, default) or parquet")
     predict.add_argument("--tree", help="the input tree (default: the training's)")
     predict.add_argument("--friend-tree", metavar="NAME",
@@ -428,8 +426,10 @@ def _specs(args) -> int:
 
     pipe = _pipeline(args)
     pipe.dataset()
-    with connect(pipe.config.cluster) as client:
-        specs = pipe.specs(client=client, reuse=not args.recompute)
+    specs = None if args.recompute else pipe.cached_specs()  # no cluster needed then
+    if specs is None:
+        with connect(pipe.config.cluster) as client:
+            specs = pipe.specs(client=client, reuse=not args.recompute)
     print(specs.table())
     return 0
 

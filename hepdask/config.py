@@ -246,13 +246,17 @@ class SplitConfig:
             )
 
 
+XGBOOST_WORKERS = ("per-host", "all")
+
+
 @dataclass(frozen=True)
 class XGBoostConfig:
     model: str | None = None  # "file.py:function" returning an XGBClassifier: its parameters are used
     num_boost_round: int = 200
-    early_stopping_rounds: int | None = 20
+    early_stopping_rounds: int | None = 20  # 0: no early stopping, every round is trained
     scale_pos_weight: float | str = "auto"  # "auto": background/signal weight ratio
     use_weights: bool = True
+    workers: str = "per-host"  # "per-host": one training worker per host, with its threads; "all"
     check_params: bool = True  # params names and objective/metric/method values, against XGBoost's
     params: dict[str, Any] = field(
         default_factory=lambda: {
@@ -273,9 +277,14 @@ class XGBoostConfig:
         if not isinstance(self.scale_pos_weight, str):
             check_range("train.xgboost.scale_pos_weight", self.scale_pos_weight, low=0,
                         low_open=True)
+        if self.workers not in XGBOOST_WORKERS:
+            raise HepdaskError(
+                f"Config key train.xgboost.workers is {self.workers!r}: give \"per-host\" (one "
+                "worker per host trains, with all of its threads: no exchange between processes "
+                "of one machine) or \"all\" (every worker trains)."
+            )
         check_range("train.xgboost.num_boost_round", self.num_boost_round, low=1)
         if self.early_stopping_rounds is not None:
-            # 0, like unset, trains every round
             check_range("train.xgboost.early_stopping_rounds", self.early_stopping_rounds, low=0)
         check_function_spec("train.xgboost.model", self.model, "an xgboost.XGBClassifier")
 
@@ -436,6 +445,8 @@ class TrainConfig:
 
 
 CLUSTER_KINDS = ("local", "address", "gateway")
+PREDICT_FORMATS = ("root", "parquet")  # what `hepdask predict` writes
+EXPORT_FORMATS = ("onnx",)  # what `hepdask export` writes
 GATEWAY_AUTH = ("basic", "jupyterhub", "kerberos")
 
 

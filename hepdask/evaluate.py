@@ -241,7 +241,8 @@ def summary(metrics: Mapping, run_dir: str | Path) -> str:
     lines = [f"Run directory: {run_dir}"]
     data = metrics.get("data", {})
     if "source" in data:
-        lines.append(f"Data: {data.get('dataset', '')} {data['source']}".replace("  ", " "))
+        form = f" ({data['format']})" if data.get("format") else ""
+        lines.append(f"Data: {data.get('dataset', '')} {data['source']}{form}".replace("  ", " "))
     if metrics.get("read_errors"):
         errors = metrics["read_errors"]
         known = sum(e["events"] for e in errors if e["events"] is not None)

@@ -37,7 +37,7 @@ from .progress import persist
 from .specs import BranchSpec, Specs
 
 __all__ = ["Column", "Features", "Layout", "SplitArrays", "build_features", "denormalize",
-           "make_layout", "normalize", "partition_matrix", "placed", "resolve_pad"]
+           "make_layout", "normalize", "partition_matrix", "placed", "rank_order", "resolve_pad"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -309,31 +309,40 @@ class Features:
     def __getitem__(self, split: str) -> SplitArrays:
         return getattr(self, split)
 
-    def persist(self, *, client=None) -> Features:
+    def persist(self, *, client=None, workers: Sequence[str] | None = None) -> Features:
         """Compute the matrices into the workers' memory, all splits in one pass over the files;
         returns when they are there. On a cluster, each block goes to the worker
-        :func:`placed` gives it, so that a run on as many workers repeats exactly."""
+        :func:`placed` gives it (one of ``workers``, when given), so that a run on as many
+        workers repeats exactly."""
         arrays = [self[s].matrix for s in SPLITS]
         if client is None:
             done = dask.persist(*arrays)
         else:
-            with placed(client, [self[s] for s in SPLITS]):
+            with placed(client, [self[s] for s in SPLITS], workers=workers):
                 done = persist(client, arrays)
         return Features(self.layout, *(SplitArrays(matrix, self[s].block_samples)
                                        for s, matrix in zip(SPLITS, done, strict=True)))
 
 
-def placed(client, splits: Sequence[SplitArrays]) -> contextlib.AbstractContextManager:
+def rank_order(info: dict) -> list[str]:
+    """The worker addresses of a scheduler's ``identity()["workers"]`` in XGBoost's rank order
+    (by worker name)."""
+    return sorted(info, key=lambda a: f"[xgboost.dask-{info[a].get('name')}]:{a}")
+
+
+def placed(client, splits: Sequence[SplitArrays], *, workers: Sequence[str] | None = None
+           ) -> contextlib.AbstractContextManager:
     """Within this block, the blocks of ``splits`` (and of their X, y and w) computed on the
-    cluster go to fixed workers: each split's rows in order over the workers in XGBoost's rank
-    order (by worker name), block ``i`` to the worker whose share holds its middle row.
+    cluster go to fixed workers: each split's rows in order over the workers (those of
+    ``workers`` that are present, when given) in XGBoost's rank order, block ``i`` to the
+    worker whose share holds its middle row.
 
     The data each worker holds, and so the quantile sketches and histograms XGBoost sums,
     then depend on the number of workers only, not on which worker was free first. The
     restrictions are loose: a block whose worker has left goes to any other.
     """
     info = client.sync(client.scheduler.identity)["workers"]
-    workers = sorted(info, key=lambda a: f"[xgboost.dask-{info[a].get('name')}]:{a}")
+    workers = [a for a in rank_order(info) if workers is None or a in workers] or rank_order(info)
     if not workers:  # e.g. an adaptive cluster before its first worker: nowhere to place
         return contextlib.nullcontext()
     table: dict = {}

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import DataConfig
 from .errors import HepdaskError
 from .usercode import call_function, load_function
 
@@ -33,6 +34,7 @@ PARAMS = ("nevts", "chunk_size", "epochs", "batch_size", "shuffle", "branch", "i
 _METRICS = {"accuracy": "accuracy", "acc": "accuracy", "auc": "auc", "precision": "precision",
             "recall": "recall", "f1": "f1", "loss": "logloss", "logloss": "logloss",
             "binary_crossentropy": "logloss", "categorical_crossentropy": "logloss"}
+_SWITCHED_METRICS = ("accuracy", "precision", "recall", "f1")  # "metrics": true
 
 
 def convert(*, files: str, labels: str, model: str, params: str | None = None,
@@ -155,7 +157,8 @@ def _engine(model: str, train: dict) -> str:
     estimator = call_function(function, spec, "--model",
                               returns="an XGBoost or scikit-learn estimator")
     if type(estimator).__module__.split(".")[0] == "xgboost":
-        train.update(engine="xgboost", xgboost={"model": spec})
+        # every one of n_estimators rounds, as MLaaS4HEP trained them: no early stopping
+        train.update(engine="xgboost", xgboost={"model": spec, "early_stopping_rounds": 0})
         return "xgboost"
     if hasattr(estimator, "partial_fit"):
         train.update(engine="sklearn", sklearn={"estimator": spec})
@@ -187,7 +190,7 @@ def _params(settings: Mapping[str, Any], data: dict, features: dict, train: dict
             if int(value) > 0:
                 data["max_events"] = int(value)
         elif key == "chunk_size":
-            data["step_size"] = int(value)
+            _chunk_size(value, data, notes)
         elif key == "epochs":
             if engine == "xgboost":
                 notes.append("params.epochs is not used: XGBoost trains n_estimators trees.")
@@ -214,6 +217,9 @@ def _params(settings: Mapping[str, Any], data: dict, features: dict, train: dict
         elif key == "verbose":
             notes.append("params.verbose is not a config setting: hepdask logs its progress; "
                          "use -q to see only warnings.")
+        elif key == "metrics" and isinstance(value, bool):
+            # MLaaS4HEP's switch for its performance metrics; the AUC is always reported
+            evaluate["metrics"] = list(_SWITCHED_METRICS) if value else []
         elif key == "metrics":
             wanted = [_METRICS.get(str(m).lower()) for m in _names(value)]
             unknown = [m for m, w in zip(_names(value), wanted, strict=True) if w is None]
@@ -223,6 +229,26 @@ def _params(settings: Mapping[str, Any], data: dict, features: dict, train: dict
             evaluate["metrics"] = sorted({w for w in wanted if w and w != "auc"})
         else:
             notes.append(f"params.{key} is not used by hepdask (it reads {', '.join(PARAMS)}).")
+
+
+def _chunk_size(value: Any, data: dict, notes: list[str]) -> None:
+    """``chunk_size``: entries per partition; -1, MLaaS4HEP's "the whole file at once" (which its
+    XGBoost workflow requires), keeps hepdask's partitions: XGBoost sees all events either way."""
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = 0
+    if size == -1:
+        notes.append("params.chunk_size = -1 (the whole file in one chunk): hepdask reads the "
+                     f"files in partitions of data.step_size = {DataConfig().step_size} entries "
+                     "on the cluster, and every engine still trains on all events.")
+    elif size >= 1:
+        data["step_size"] = size
+    else:
+        raise HepdaskError(
+            f"params.chunk_size is {value!r}: give the number of entries per chunk (a positive "
+            "integer, e.g. 50000), or -1 to read each file as a whole."
+        )
 
 
 def _names(value: Any) -> list[str]:

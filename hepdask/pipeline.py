@@ -42,6 +42,7 @@ from .progress import Progress, compute
 from .report import write_report
 from .specs import Specs, cached_specs, compute_specs
 from .train import train_xgboost
+from .train.xgboost import training_workers
 
 __all__ = ["Pipeline"]
 
@@ -188,24 +189,34 @@ class Pipeline:
             dataset = self.dataset()
             client = self._client(client, required=False)
             with self.recording(), self._phase("specs", client):
-                path = self.staging_dir / "specs.json"
-                self._specs = source = None
-                for candidate in (path, self.run_dir / "specs.json") if reuse else ():
-                    self._specs = cached_specs(dataset, candidate)
-                    if self._specs is not None:
-                        source = candidate
-                        break
-                self.specs_reused = source is not None
-                if source is None:
+                self._specs = self.cached_specs() if reuse else None
+                if self._specs is None:
+                    self.specs_reused = False
                     if keep_reads and client is not None:
                         self._reads = dataset.read(client)
                     self._specs = compute_specs(dataset, client=client, events=self._reads)
-                    self._specs.save(path)
-                elif source != path:
-                    write_text(path, source.read_text())  # the run directory's, unchanged
-                log.info("Specs %s: %s", "reused" if source else "computed", source or path)
+                    self._specs.save(self.staging_dir / "specs.json")
+                    log.info("Specs computed: %s", self.staging_dir / "specs.json")
                 for error in self._specs.read_errors:
                     log.warning("Skipped %s", error.describe())
+        return self._specs
+
+    def cached_specs(self) -> Specs | None:
+        """The specs saved in the staging or the run directory, when still valid for the data
+        (copied into the staging directory); else None. Needs no cluster: ``hepdask specs``
+        shows them without starting one."""
+        if self._specs is None:
+            with self.recording():
+                path = self.staging_dir / "specs.json"
+                self.specs_reused = False
+                for source in (path, self.run_dir / "specs.json"):
+                    self._specs = cached_specs(self.dataset(), source)
+                    if self._specs is not None:
+                        self.specs_reused = True
+                        if source != path:
+                            write_text(path, source.read_text())  # the run directory's, unchanged
+                        log.info("Specs reused: %s", source)
+                        break
         return self._specs
 
     def features(self, *, client=None, keep_reads: bool = False) -> Features:
@@ -239,8 +250,10 @@ class Pipeline:
             shutil.rmtree(staging / "checkpoints", ignore_errors=True)
         if engine == "xgboost":
             features = self.features(client=client, keep_reads=True)
-            with self._phase("features", client):
-                self._features = features = features.persist(client=client)
+            placement = training_workers(client, self.config.train.xgboost, device, features)
+            with self._phase("features", client):  # straight to the workers that train
+                self._features = features = features.persist(client=client,
+                                                             workers=placement.workers)
                 self._reads = None  # the features hold what training needs; free the raw reads
             with self._phase("train", client, unit="rounds") as step:
                 self._model = train_xgboost(client, features, self.config.train.xgboost,

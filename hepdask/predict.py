@@ -28,7 +28,7 @@ import numpy as np
 import uproot
 
 from .bundle import Bundle
-from .config import DataConfig
+from .config import PREDICT_FORMATS, DataConfig
 from .dataset import Partition, expand_files, is_url, open_tree, read_again, read_lazily, unreadable
 from .errors import HepdaskError
 from .outputs import atomic_path
@@ -39,7 +39,7 @@ __all__ = ["FORMATS", "Predicted", "predict", "score_files"]
 
 log = logging.getLogger("hepdask")
 
-FORMATS = ("root", "parquet")
+FORMATS = PREDICT_FORMATS
 
 
 @dataclass(frozen=True)

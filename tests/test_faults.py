@@ -46,11 +46,12 @@ def cluster():
         yield client
 
 
-def kill_one_worker(client, sig: int = signal.SIGKILL) -> int:
-    """Send ``sig`` to the worker process of the highest name; returns its pid."""
+def kill_one_worker(client, sig: int = signal.SIGKILL, *, lowest: bool = False) -> int:
+    """Send ``sig`` to the worker process of the highest name (the lowest: the one that trains
+    XGBoost on a one-host cluster); returns its pid."""
     pids = client.run(os.getpid)
     names = {address: info["name"] for address, info in client.scheduler_info()["workers"].items()}
-    address = max(pids, key=lambda a: str(names[a]))
+    address = (min if lowest else max)(pids, key=lambda a: str(names[a]))
     os.kill(pids[address], sig)
     return pids[address]
 
@@ -59,9 +60,11 @@ class KillAtRound(threading.Thread):
     """Kills a worker (or sends it ``sig``) when the progress channel reports training round
     ``at``, then again at round ``2 * at``, ... ``times`` times in all."""
 
-    def __init__(self, client, at: int, times: int = 1, sig: int = signal.SIGKILL):
+    def __init__(self, client, at: int, times: int = 1, sig: int = signal.SIGKILL, *,
+                 lowest: bool = False):
         super().__init__(daemon=True)
         self.client, self.at, self.times, self.sig = client, at, times, sig
+        self.lowest = lowest
         self.killed: list[int] = []
         self._halt = threading.Event()
 
@@ -71,7 +74,7 @@ class KillAtRound(threading.Thread):
             steps = [m for _, m in self.client.get_events(TOPIC) if m.get("kind") == "step"]
             fresh, seen = steps[seen:], len(steps)
             if any(m["step"] >= self.at * (len(self.killed) + 1) for m in fresh):
-                self.killed.append(kill_one_worker(self.client, self.sig))
+                self.killed.append(kill_one_worker(self.client, self.sig, lowest=self.lowest))
             time.sleep(0.05)
 
     def __exit__(self, *exc) -> None:
@@ -87,8 +90,12 @@ class KillAtRound(threading.Thread):
 
 
 def xgboost_run(tmp_path, data_dir, client, name: str, *, rounds: int = 80,
-                retries: int | None = None, timeout: float | None = None):
-    overrides = [f"name='{name}'", f"train.xgboost.num_boost_round={rounds}", *XGBOOST]
+                retries: int | None = None, timeout: float | None = None,
+                workers: str = "all"):
+    # workers="all": every worker trains, as on a cluster of several hosts, where a lost one
+    # breaks the allreduce of the others
+    overrides = [f"name='{name}'", f"train.xgboost.num_boost_round={rounds}", *XGBOOST,
+                 f"train.xgboost.workers='{workers}'"]
     if retries is not None:
         overrides.append(f"train.retries={retries}")
     if timeout is not None:
@@ -156,6 +163,20 @@ def test_a_worker_killed_during_xgboost_training_is_survived(tmp_path, toy_data,
     before = reference._model.history["validation"]["logloss"][:25]
     assert history["validation"]["logloss"][:25] == before  # the rounds before the kill, kept
     assert abs(metrics["auc"] - expected["auc"]) < 0.005
+    log = (pipeline.run_dir / "run.log").read_text()
+    assert "lost the worker" in log and "continuing from round" in log
+
+
+def test_the_one_worker_training_on_its_host_killed_is_survived(tmp_path, toy_data, monkeypatch):
+    """One worker per host trains (the default on one machine): killing it ends the training
+    with no peer left to report; the nanny's new worker gets the blocks and continues."""
+    monkeypatch.setattr(recovery, "CHECKPOINT_SECONDS", 0.0)
+    with cluster() as client, KillAtRound(client, at=25, lowest=True) as killer:
+        pipeline, metrics = xgboost_run(tmp_path, toy_data["dir"], client, "alone",
+                                        workers="per-host")
+    assert len(killer.killed) == 1
+    assert pipeline._model.booster.num_boosted_rounds() == 80
+    assert pipeline._model.params["nthread"] == 2 and metrics["auc"] > 0.8
     log = (pipeline.run_dir / "run.log").read_text()
     assert "lost the worker" in log and "continuing from round" in log
 

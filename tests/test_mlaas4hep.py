@@ -132,3 +132,36 @@ def test_labels_from_a_branch_and_bad_inputs(tmp_path):
     with pytest.raises(HepdaskError, match=r"p\.json is not valid JSON"):
         convert(files="a.root", labels="1", model=str(tmp_path / "model.py"),
                 params=str(tmp_path / "p.json"))
+
+
+def test_the_xgboost_workflow_runs_as_mlaas4hep_wrote_it(toy_data, tmp_path, client):
+    """chunk_size -1 (required by MLaaS4HEP for XGBoost), every n_estimators round trained, and
+    "metrics": true as MLaaS4HEP's switch: before, -1 was refused as data.step_size, early
+    stopping cut the rounds short, and true became a metric named "True"."""
+    args = workflow(tmp_path, toy_data["dir"])
+    params = json.loads(Path(args["params"]).read_text())
+    Path(args["params"]).write_text(json.dumps({**params, "chunk_size": -1, "metrics": True}))
+    Path(args["model"]).write_text(
+        "import xgboost\n\ndef model():\n    return xgboost.XGBClassifier(n_estimators=60, "
+        "max_depth=6, learning_rate=0.5)\n")
+    raw, notes = convert(**args)
+    config = from_dict(raw)
+    assert config.data.step_size == from_dict({**raw, "data": {}}).data.step_size
+    assert any("chunk_size = -1" in note for note in notes)
+    assert config.evaluate.metrics == ("accuracy", "precision", "recall", "f1")
+    assert "params.metrics" not in " ".join(notes)
+    assert "step_size" not in to_toml(raw)
+    metrics = Pipeline(config, output=tmp_path / "run", client=client).run()
+    xgboost = pytest.importorskip("xgboost")
+    booster = xgboost.Booster(model_file=str(tmp_path / "run" / "model.ubj"))
+    assert booster.num_boosted_rounds() == 60  # learning rate 0.5 overfits well before
+    assert metrics["best_iteration"] is None
+    assert {"accuracy", "precision", "recall", "f1"} <= set(metrics)
+
+
+@pytest.mark.parametrize("size", [0, -2, "many"])
+def test_a_bad_chunk_size_is_named_as_the_params_key(tmp_path, toy_data, size):
+    args = workflow(tmp_path, toy_data["dir"])
+    Path(args["params"]).write_text(json.dumps({"chunk_size": size}))
+    with pytest.raises(HepdaskError, match=r"params\.chunk_size is .*-1 to read each file"):
+        convert(**args)

@@ -87,6 +87,8 @@ def test_second_run_reuses_specs_and_a_changed_file_invalidates_them(first_run):
 
     result = hepdask(cwd, "specs", str(HIGGS), *[a for s in SMALL for a in ("--set", s)])
     assert "Specs reused" in result.stderr
+    assert "Local cluster" not in result.stderr  # valid cached specs need no cluster
+    assert "DER_mass_MMC" in result.stdout
 
 
 def test_data_command_writes_a_synthetic_sample(tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Bundle
+from ..config import EXPORT_FORMATS
 from ..errors import HepdaskError
 from ..features import normalize
 from ..outputs import atomic_path, write_json
@@ -31,7 +32,7 @@ from .graph import INPUT, OUTPUT, compose, probe_matrix
 
 __all__ = ["FORMATS", "OPSET", "export_onnx", "sidecar"]
 
-FORMATS = ("onnx",)
+FORMATS = EXPORT_FORMATS
 #: The ONNX operator set of the exported graphs: the newest that every converter writes
 #: (onnxmltools' limit), read by ONNX Runtime 1.10 and later.
 OPSET = 15

@@ -64,6 +64,7 @@ def train_resilient(client, matrices: Callable[[], tuple], splits: Sequence[Spli
                     params: dict, rounds: int, *, early_stopping_rounds: int | None,
                     callbacks: list, retries: int, timeout: float,
                     coll_cfg: xgboost.collective.Config | None,
+                    placement: Callable[[], Sequence[str] | None] = lambda: None,
                     ) -> tuple[xgboost.Booster, History]:
     """``xgboost.dask.train`` for ``rounds`` rounds, restarted from the last copy of the
     booster up to ``retries`` times when a worker is lost (see the module docstring).
@@ -71,7 +72,8 @@ def train_resilient(client, matrices: Callable[[], tuple], splits: Sequence[Spli
     ``matrices()`` builds ``(dtrain, evals)`` from ``splits``; the last of ``evals`` is the
     one early stopping watches. Each attempt places the splits' blocks on the workers present
     with :func:`~hepdask.features.placed` (after a lost worker, Dask recomputed its blocks on
-    the others). Returns the booster and the per-round metrics.
+    the others), on those of ``placement()`` when it names them (the workers that train).
+    Returns the booster and the per-round metrics.
     """
     run = uuid.uuid4().hex[:12]
     beat = distributed.Variable(f"hepdask-round-{run}", client=client)
@@ -89,7 +91,7 @@ def train_resilient(client, matrices: Callable[[], tuple], splits: Sequence[Spli
     try:
         for _ in range(retries + 1):
             workers = _workers(client)
-            with placed(client, splits):
+            with placed(client, splits, workers=placement()):
                 dtrain, evals = matrices()
             steps = list(callbacks)
             if early_stopping_rounds:
@@ -114,7 +116,7 @@ def train_resilient(client, matrices: Callable[[], tuple], splits: Sequence[Spli
                             if len(lost) <= retries else "no retry left (train.retries)")
                 if len(lost) <= retries:
                     _wait_for_workers(client, expected, timeout)
-                    _replace(client, splits)
+                    _replace(client, splits, placement())
                 continue
             return output["booster"], _joined(checkpoint.history, output["history"])
     finally:
@@ -257,7 +259,7 @@ def _left(client, workers: set[str]) -> set[str]:
         time.sleep(0.2)
 
 
-def _replace(client, splits: Sequence[SplitArrays]) -> None:
+def _replace(client, splits: Sequence[SplitArrays], workers: Sequence[str] | None) -> None:
     """Copy the blocks of ``splits`` to the workers :func:`placed` gives them now (Dask
     recomputed those of the lost worker on the others, before it was back) and let the splits
     hold the copies, under new keys, so the originals are freed: the workers share the data
@@ -266,7 +268,7 @@ def _replace(client, splits: Sequence[SplitArrays]) -> None:
     for split in moving:
         split.matrix = split.matrix.map_blocks(np.asarray, dtype=split.matrix.dtype,
                                                name=f"placed-{uuid.uuid4().hex}")
-    with placed(client, moving):
+    with placed(client, moving, workers=workers):
         copies = persist(client, [split.matrix for split in moving])
     for split, matrix in zip(moving, copies, strict=True):
         split.matrix = matrix

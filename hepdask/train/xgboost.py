@@ -22,7 +22,7 @@ import xgboost.dask as dxgb
 
 from ..config import XGBoostConfig
 from ..errors import HepdaskError
-from ..features import Features
+from ..features import Features, rank_order
 from ..outputs import atomic_path
 from ..progress import compute
 from ..usercode import call_function, load_function
@@ -125,6 +125,9 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
         notes.append(f"device {device} (train.device) instead of {params['device']}")
         log.info("XGBoost device: %s", notes[-1])
     params["device"] = device
+    plan = training_workers(client, config, device, features)
+    if plan.nthread is not None and "nthread" not in params and "n_jobs" not in params:
+        params["nthread"] = plan.nthread
     train, valid = features.train, features.validation
     factors = _class_factors(client, train, config, n_classes)
     weights = {name: _scaled(arrays, factors, config.use_weights)
@@ -153,6 +156,7 @@ def train_xgboost(client, features: Features, config: XGBoostConfig, n_classes: 
             client, matrices, (train, valid), params, num_boost_round, early_stopping_rounds=early,
             callbacks=[_RoundCallback(on_round, num_boost_round)] if on_round else [],
             retries=retries, timeout=timeout, coll_cfg=_collective_config(client),
+            placement=lambda: training_workers(client, config, device, features).workers,
         )
     except xgboost.core.XGBoostError as err:
         raise HepdaskError(
@@ -177,6 +181,53 @@ class _RoundCallback(xgboost.callback.TrainingCallback):
                                                    for split, metrics in evals_log.items()
                                                    for metric, values in metrics.items()})
         return False
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where XGBoost trains: ``workers`` (None: every worker) with ``nthread`` threads each
+    (None: as many as the worker has)."""
+
+    workers: tuple[str, ...] | None = None
+    nthread: int | None = None
+
+
+#: One training worker per host holds at most this fraction of its memory limit in features.
+_HOST_SHARE = 0.4
+
+
+def training_workers(client, config: XGBoostConfig, device: str, features: Features
+                     ) -> Placement:
+    """The workers XGBoost trains on (``train.xgboost.workers``).
+
+    ``"per-host"``: where several workers share a host (a local cluster: one single-threaded
+    worker per core), one of them trains with all of the host's threads, so that no histogram
+    is exchanged between processes of one machine (allreduce); hosts with one worker, every
+    GPU worker and features too large for one worker's memory keep a worker each.
+    ``"all"``: every worker trains, as ``xgboost.dask`` does by default.
+    """
+    if config.workers == "all" or device == "cuda":
+        return Placement()
+    info = client.sync(client.scheduler.identity)["workers"]
+    hosts: dict[str, list[str]] = {}
+    for address in rank_order(info):
+        hosts.setdefault(distributed.comm.get_address_host(address), []).append(address)
+    if all(len(workers) == 1 for workers in hosts.values()):
+        return Placement()
+    size = sum(features[s].matrix.nbytes for s in ("train", "validation"))
+    chosen = [workers[0] for workers in hosts.values()]
+    limits = [info[w].get("memory_limit") or 0 for w in chosen]
+    share = size / len(chosen)
+    if any(limit and share > _HOST_SHARE * limit for limit in limits):
+        log.info("XGBoost trains on every worker: the features (%.2g GB) do not fit one worker "
+                 "per host (%.0f%% of its memory limit at most)", size / 1e9, 100 * _HOST_SHARE)
+        return Placement()
+    threads = [sum(info[w]["nthreads"] for w in workers) for workers in hosts.values()]
+    log.info("XGBoost trains on one worker per host (%s), with %d thread(s) each: the workers of a "
+             "host share its cores instead of exchanging histograms between processes "
+             "(train.xgboost.workers = \"all\" trains on every worker)", ", ".join(chosen),
+             min(threads))
+    return Placement(tuple(chosen), min(threads))
 
 
 def _collective_config(client) -> xgboost.collective.Config | None:
