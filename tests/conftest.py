@@ -65,6 +65,25 @@ def write_sample(path: Path, n: int, *, signal: bool, seed: int, sentinel: float
     return arrays
 
 
+@pytest.fixture
+def csv() -> Path:
+    """The shared sample of the official HiggsML file (first 1,000 events)."""
+    return shared_file("higgsml", "atlas-higgs-challenge-2014-v2-first1000.csv")
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No HiggsML preparation may reach CERN Open Data: the download fails as it does offline."""
+    import urllib.error
+
+    from hepdask.higgsml import preparation
+
+    def refuse(url: str, timeout: float) -> object:
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(preparation.urllib.request, "urlopen", refuse)
+
+
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory) -> dict:
     """Two signal files and one background file of the toy schema, with their arrays."""

@@ -7,13 +7,11 @@ import hashlib
 import json
 import os
 import tomllib
-import urllib.error
 from pathlib import Path
 
 import numpy as np
 import pytest
 import uproot
-from conftest import shared_file
 from test_pipeline import HIGGS, SMALL, hepdask
 
 from hepdask import HepdaskError, Pipeline, higgsml, load_config
@@ -21,20 +19,7 @@ from hepdask.config import apply_overrides, from_dict
 from hepdask.evaluate import summary
 from hepdask.higgsml import PreparedData, prepare, synthesize, write_root
 
-
-@pytest.fixture
-def csv() -> Path:
-    return shared_file("higgsml", "atlas-higgs-challenge-2014-v2-first1000.csv")
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test here may reach CERN Open Data: the download fails as it does offline."""
-
-    def refuse(url: str, timeout: float) -> object:
-        raise urllib.error.URLError("offline")
-
-    monkeypatch.setattr(higgsml.preparation.urllib.request, "urlopen", refuse)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def _hashes(directory: Path) -> dict[str, str]:

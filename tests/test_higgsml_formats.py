@@ -12,13 +12,11 @@ import logging
 import os
 import subprocess
 import sys
-import urllib.error
 from pathlib import Path
 
 import numpy as np
 import pytest
 import uproot
-from conftest import shared_file
 
 from hepdask import HepdaskError, Pipeline, higgsml
 from hepdask.higgsml import (
@@ -35,22 +33,9 @@ from hepdask.higgsml import (
     write_root,
 )
 
+pytestmark = pytest.mark.usefixtures("offline")
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def csv() -> Path:
-    return shared_file("higgsml", "atlas-higgs-challenge-2014-v2-first1000.csv")
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test here may reach CERN Open Data: the download fails as it does offline."""
-
-    def refuse(url: str, timeout: float) -> object:
-        raise urllib.error.URLError("offline")
-
-    monkeypatch.setattr(higgsml.preparation.urllib.request, "urlopen", refuse)
 
 
 def _columns_of(source: Path, target: Path, keep: tuple[str, ...]) -> Path:

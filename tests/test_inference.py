@@ -290,7 +290,10 @@ def test_service_predict_and_tfaas_json_give_the_predict_scores(service, predict
     rows = call(service, "/json", {"keys": keys, "model": name,
                                    "values": [[columns[k][i] for k in keys] for i in range(5)]},
                 token=TOKEN)[1]
-    assert rows == one
+    if name == "higgs-keras":  # TensorFlow's float32 sums depend on the batch size
+        np.testing.assert_allclose(rows, one, rtol=0, atol=1e-6)
+    else:
+        assert rows == one
     same([p[0] for p in one] + list(expected[5:]))
 
 
