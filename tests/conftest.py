@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 from pathlib import Path
@@ -82,6 +83,27 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise urllib.error.URLError("offline")
 
     monkeypatch.setattr(preparation.urllib.request, "urlopen", refuse)
+
+
+@contextlib.contextmanager
+def interrupted_moves(monkeypatch: pytest.MonkeyPatch, after: int):
+    """Ctrl-C as HiggsML preparation moves its ``after``-th ROOT file from the staging
+    directory into place; the block expects the KeyboardInterrupt."""
+    from hepdask.higgsml import preparation
+
+    replace, moved = os.replace, []
+
+    def interrupted(source: object, target: object) -> None:
+        if Path(source).suffix == ".root" and Path(source).parent.name.startswith("."):
+            moved.append(source)
+            if len(moved) == after:
+                raise KeyboardInterrupt
+        replace(source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(preparation.os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            yield
 
 
 @pytest.fixture(scope="session")

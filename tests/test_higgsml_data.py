@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import uproot
+from conftest import interrupted_moves
 from test_pipeline import HIGGS, SMALL, hepdask
 
-from hepdask import HepdaskError, Pipeline, higgsml, load_config
+from hepdask import HepdaskError, Pipeline, load_config
 from hepdask.config import apply_overrides, from_dict
 from hepdask.evaluate import summary
 from hepdask.higgsml import PreparedData, prepare, synthesize, write_root
@@ -83,19 +83,8 @@ def test_resplit_interrupted_or_disk_full_loses_nothing(
     assert _hashes(tmp_path) == before
     _assert_real(tmp_path, 300)
 
-    replace, moved = os.replace, []
-
-    def interrupted(source: object, target: object) -> None:  # while they are moved into place
-        if Path(source).suffix == ".root" and Path(source).parent.name.startswith("."):
-            moved.append(source)
-            if len(moved) == 2:
-                raise KeyboardInterrupt
-        replace(source, target)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(higgsml.preparation.os, "replace", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            prepare(tmp_path, download=False, events_per_file=200)
+    with interrupted_moves(monkeypatch, after=2):
+        prepare(tmp_path, download=False, events_per_file=200)
     with pytest.raises(HepdaskError):  # no manifest that lies meanwhile
         PreparedData.load(tmp_path)
     finished = prepare(tmp_path, download=False, synthetic_events=2000, events_per_file=200)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uproot
+from conftest import interrupted_moves
 
 from hepdask import HepdaskError, Pipeline, higgsml
 from hepdask.higgsml import (
@@ -343,19 +344,8 @@ def test_old_layout_real_data_are_resplit_from_their_files(
     before = {**_read(old.files["signal"])}
     sets.unlink()  # the re-split reads the ROOT files, not the CSV
 
-    replace, moved = os.replace, []
-
-    def interrupted(source: object, target: object) -> None:  # Ctrl-C while moving into place
-        if Path(source).suffix == ".root" and Path(source).parent.name.startswith("."):
-            moved.append(source)
-            if len(moved) == 3:
-                raise KeyboardInterrupt
-        replace(source, target)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(higgsml.preparation.os, "replace", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            prepare(directory, download=False, events_per_file=300)
+    with interrupted_moves(monkeypatch, after=3):
+        prepare(directory, download=False, events_per_file=300)
     with caplog.at_level(logging.WARNING, logger="hepdask"):
         new = prepare(directory, download=False, synthetic_events=500, events_per_file=300)
     assert new.source == "csv" and new.format == "official" and new.manifest["leaderboard"]
